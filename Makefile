@@ -1,0 +1,49 @@
+# The two commands a fresh machine needs: `make serve` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 3000
+BIN := $(VENV)/bin
+UV := $(BIN)/uv pip install --python $(BIN)/python --quiet
+
+.PHONY: serve test test-unit test-integration lint bench demo-models clean
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+
+# Serving only: no torch.
+$(VENV)/.serve: pyproject.toml | $(BIN)/uv
+	$(UV) -e .
+	touch $@
+
+# Everything: training (torch, torchvision, onnx) and the test and lint tools.
+$(VENV)/.dev: pyproject.toml | $(BIN)/uv
+	$(UV) -e ".[train,dev]"
+	touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve
+	$(BIN)/optic serve --host $(HOST) --port $(PORT) --repository models
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+test-unit: $(VENV)/.dev
+	$(BIN)/python -m pytest -m "not integration"
+
+test-integration: $(VENV)/.dev
+	$(BIN)/python -m pytest -m integration
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check service training tests bench
+	$(BIN)/mypy
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench.run
+
+# Rebuilds the committed demo models from package-shipped data (see README: "Demo models").
+demo-models: $(VENV)/.dev
+	$(BIN)/python -m training.recipes --repository models
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,98 @@
+"""`optic`: data, train, export (the `train` extra, torch) and eval, serve (serving only, no torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+TRAINING_COMMANDS = ("data", "train", "export")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from service.errors import OpticError
+    from service.evaluation.archive import extract_archive
+    from service.evaluation.runner import evaluate_offline
+    from service.repository import ModelRepository
+    from service.settings import Settings
+
+    overrides = {"model_repository": args.repository} if args.repository else {}
+    settings = Settings(**overrides)
+    data = Path(args.data)
+    workdir = None
+    try:
+        repository = ModelRepository.load(settings.model_copy(update={"warmup_runs": 0}), strict=False)
+        model = repository.get(args.model)
+        if data.is_file():
+            workdir = Path(tempfile.mkdtemp(prefix="optic-eval-"))
+            data = extract_archive(
+                data, workdir, max_bytes=settings.max_archive_bytes, max_members=settings.max_archive_members
+            )
+        report = evaluate_offline(model, data, max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size)
+    except OpticError as exc:
+        print(f"optic eval: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    text = json.dumps(report, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    summary = report["metrics"].get("summary", {})
+    print(
+        text
+        if args.full
+        else json.dumps({"model": report["model"], "dataset": report["dataset"], "summary": summary}, indent=2)
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.repository:
+        env["OPTIC_MODEL_REPOSITORY"] = str(Path(args.repository).resolve())
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    command = [bentoml, "serve", "service.service:Optic", "--host", args.host, "--port", str(args.port)]
+    os.execvpe(command[0], command, env)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in TRAINING_COMMANDS:
+        sub.add_parser(name, add_help=False, help=f"{name} (needs the 'train' extra; optic {name} --help)")
+    ev = sub.add_parser("eval", help="evaluate a repository model on a data set folder or archive")
+    ev.add_argument("--model", required=True, help="model name or name:version")
+    ev.add_argument("--data", required=True, help="data set folder, or a zip / tar.gz of one")
+    ev.add_argument("--repository", help="model repository (default: OPTIC_MODEL_REPOSITORY or ./models)")
+    ev.add_argument("--output", help="write the full JSON report here")
+    ev.add_argument("--full", action="store_true", help="print the full report, not the summary")
+    ev.set_defaults(func=_eval)
+    sv = sub.add_parser("serve", help="serve the model repository over HTTP (bentoml serve)")
+    sv.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    sv.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    sv.add_argument("--repository", help="model repository (default: OPTIC_MODEL_REPOSITORY or ./models)")
+    sv.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINING_COMMANDS:
+        try:
+            from training.cli import main as training_main
+        except ImportError as exc:
+            print(f"optic {argv[0]} needs the training extra: pip install 'optic[train]' ({exc})", file=sys.stderr)
+            return 2
+        return training_main(argv)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The one inference pipeline: decode + preprocess -> batched session.run -> postprocess, timed per stage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.batching import MicroBatcher
+from service.imaging import DecodedImage, Geometry, decode_image
+from service.metrics import Metrics
+from service.repository import LoadedModel, ModelRepository
+from service.settings import Settings
+from service.tasks.base import Outputs
+
+
+@dataclass
+class Prepared:
+    decoded: DecodedImage
+    array: np.ndarray
+    geometry: Geometry
+
+
+@dataclass
+class Prediction:
+    prepared: Prepared
+    outputs: Outputs
+    result: dict[str, Any]
+
+
+def prepare(model: LoadedModel, data: bytes, filename: str, max_pixels: int) -> Prepared:
+    spec = model.metadata.input
+    decoded = decode_image(data, filename=filename, max_pixels=max_pixels, draft_size=(spec.width, spec.height))
+    array, geometry = model.task.preprocess(decoded, model.metadata)
+    return Prepared(decoded, array, geometry)
+
+
+class Pipeline:
+    def __init__(self, repository: ModelRepository, settings: Settings, metrics: Metrics) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        # One inference thread for every model: ORT already uses the cores; two runs at once would not.
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="optic-infer")
+        self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="optic-prep")
+        self._batchers: dict[str, MicroBatcher] = {}
+
+    def batcher(self, model: LoadedModel) -> MicroBatcher:
+        if model.key not in self._batchers:
+            labels = (model.metadata.name, model.metadata.version)
+            infer_hist = self.metrics.stage_seconds.labels(*labels, "inference")
+            size_hist = self.metrics.batch_size.labels(*labels)
+
+            def on_batch(size: int, seconds: float) -> None:
+                size_hist.observe(size)
+                infer_hist.observe(seconds)
+
+            self._batchers[model.key] = MicroBatcher(
+                model.run,
+                max_batch_size=min(self.settings.max_batch_size, model.max_batch_size or 1 << 30),
+                max_wait_s=self.settings.max_batch_wait_ms / 1000,
+                executor=self._infer_pool,
+                on_batch=on_batch,
+            )
+        return self._batchers[model.key]
+
+    async def _prepare_all(self, model: LoadedModel, files: Sequence[tuple[str, bytes]]) -> list[Prepared]:
+        loop = asyncio.get_running_loop()
+        max_pixels = self.settings.max_image_pixels
+
+        def work() -> list[Prepared]:
+            return [prepare(model, data, name, max_pixels) for name, data in files]
+
+        return await loop.run_in_executor(self._prep_pool, work)
+
+    async def predict(self, model: LoadedModel, files: Sequence[tuple[str, bytes]], params: Any) -> list[Prediction]:
+        """Every image of a request, in order; one bad image refuses the whole request before any runs."""
+        meta = model.metadata
+        batcher = self.batcher(model)
+        batcher.expect(len(files))
+        started = time.perf_counter()
+        try:
+            prepared = await self._prepare_all(model, files)
+        except BaseException:
+            batcher.expect(-len(files))
+            raise
+        stage = self.metrics.stage_seconds
+        stage.labels(meta.name, meta.version, "preprocess").observe(time.perf_counter() - started)
+        outputs = await asyncio.gather(*(batcher.submit(p.array) for p in prepared))
+        started = time.perf_counter()
+        predictions = [
+            Prediction(p, out, model.task.postprocess(out, p.geometry, meta, params))
+            for p, out in zip(prepared, outputs, strict=True)
+        ]
+        stage.labels(meta.name, meta.version, "postprocess").observe(time.perf_counter() - started)
+        self.metrics.images.labels(meta.name, meta.version, meta.task).inc(len(files))
+        return predictions
+
+    async def run_batch(self, model: LoadedModel, batch: np.ndarray) -> list[Outputs]:
+        """Evaluation's route into the batcher, so it shares the model fairly with live traffic."""
+        batcher = self.batcher(model)
+        return list(await asyncio.gather(*(batcher.submit(a) for a in batch)))
+
+    def shutdown(self) -> None:
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        self._prep_pool.shutdown(wait=False, cancel_futures=True)

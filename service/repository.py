@@ -1,0 +1,169 @@
+"""The model repository: `NAME/VERSION/model.onnx` + `model.json`, every version loaded, verified, warmed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import UnknownModel, WrongTask
+from service.metadata import ModelMetadata, sha256_file
+from service.runtime import create_session
+from service.settings import Settings
+from service.tasks import get_task
+from service.tasks.base import Outputs, ServeTask
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def _version_key(version: str) -> tuple[int, int | str]:
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+@dataclass
+class LoadedModel:
+    metadata: ModelMetadata
+    session: ort.InferenceSession
+    provider: str
+    path: Path
+    task: ServeTask
+    input_name: str = field(init=False)
+    output_names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.name}:{self.metadata.version}"
+
+    @property
+    def max_batch_size(self) -> int | None:
+        spec = self.metadata.input
+        return spec.max_batch_size if not spec.dynamic_batch else None
+
+    def run(self, batch: np.ndarray) -> list[Outputs]:
+        """Run a stacked uint8 batch; returns one output dict per image. Graphs without a dynamic batch
+        run image by image."""
+        if self.metadata.input.dynamic_batch:
+            arrays = self.session.run(self.output_names, {self.input_name: batch})
+            return [{n: a[i] for n, a in zip(self.output_names, arrays, strict=True)} for i in range(len(batch))]
+        results: list[Outputs] = []
+        for image in batch:
+            arrays = self.session.run(self.output_names, {self.input_name: image[None]})
+            results.append({n: a[0] for n, a in zip(self.output_names, arrays, strict=True)})
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        data = self.metadata.model_dump(mode="json")
+        data["provider"] = self.provider
+        return data
+
+
+def load_model(version_dir: Path, settings: Settings) -> LoadedModel:
+    meta_path, onnx_path = version_dir / "model.json", version_dir / "model.onnx"
+    if not meta_path.is_file() or not onnx_path.is_file():
+        raise ModelLoadError(f"{version_dir}: needs model.json and model.onnx")
+    try:
+        metadata = ModelMetadata.read(meta_path)
+    except ValueError as exc:
+        raise ModelLoadError(f"{meta_path}: invalid model.json: {exc}") from exc
+    if (metadata.name, metadata.version) != (version_dir.parent.name, version_dir.name):
+        raise ModelLoadError(
+            f"{meta_path}: says {metadata.name}/{metadata.version} but lives in "
+            f"{version_dir.parent.name}/{version_dir.name}"
+        )
+    if settings.verify_sha256:
+        actual = sha256_file(onnx_path)
+        if actual != metadata.sha256:
+            raise ModelLoadError(f"{onnx_path}: sha256 {actual} does not match model.json's {metadata.sha256}")
+    task = get_task(metadata.task)
+    session, provider = create_session(onnx_path, settings)
+    model = LoadedModel(metadata=metadata, session=session, provider=provider, path=version_dir, task=task)
+    warm_up(model, settings)
+    return model
+
+
+def warm_up(model: LoadedModel, settings: Settings) -> None:
+    spec = model.metadata.input
+    sizes = [1, min(settings.max_batch_size, spec.max_batch_size or settings.max_batch_size)]
+    for _ in range(settings.warmup_runs):
+        for n in sorted(set(sizes)):
+            model.run(np.zeros((n, 3, spec.height, spec.width), dtype=np.uint8))
+
+
+class ModelRepository:
+    def __init__(self, models: list[LoadedModel], failures: dict[str, str] | None = None) -> None:
+        self._models: dict[str, dict[str, LoadedModel]] = {}
+        for model in models:
+            self._models.setdefault(model.metadata.name, {})[model.metadata.version] = model
+        self.failures = failures or {}
+
+    @classmethod
+    def load(cls, settings: Settings, *, strict: bool = False) -> ModelRepository:
+        root = settings.model_repository
+        if not root.is_dir():
+            raise ModelLoadError(f"model repository {root} does not exist (OPTIC_MODEL_REPOSITORY)")
+        models, failures = [], {}
+        for version_dir in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
+            try:
+                models.append(load_model(version_dir, settings))
+                log.info("loaded %s on %s", version_dir, models[-1].provider)
+            except ModelLoadError as exc:
+                if strict:
+                    raise
+                log.error("not serving %s: %s", version_dir, exc)
+                failures[f"{version_dir.parent.name}/{version_dir.name}"] = str(exc)
+        return cls(models, failures)
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        for versions in self._models.values():
+            yield from versions.values()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._models.values())
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def resolve(self, name: str | None, task: str) -> LoadedModel:
+        """`name`, `name:version` or None (the task's default: the first model name of that task)."""
+        if not name:
+            candidates = [n for n in self.names() if self._latest(n).metadata.task == task]
+            if not candidates:
+                raise UnknownModel(f"no {task} model is loaded", detail={"models": self.names()})
+            return self._latest(candidates[0])
+        base, _, version = name.partition(":")
+        versions = self._models.get(base)
+        if versions is None:
+            raise UnknownModel(f"unknown model {base!r}", detail={"models": self.names()})
+        if version and version not in versions:
+            raise UnknownModel(
+                f"model {base!r} has no version {version!r}", detail={"versions": sorted(versions, key=_version_key)}
+            )
+        model = versions[version] if version else self._latest(base)
+        if model.metadata.task != task:
+            raise WrongTask(f"model {model.key} is a {model.metadata.task} model, not {task}")
+        return model
+
+    def get(self, name: str) -> LoadedModel:
+        """Any task: for evaluation, which accepts every task."""
+        base, _, version = name.partition(":")
+        versions = self._models.get(base)
+        if versions is None or (version and version not in versions):
+            raise UnknownModel(f"unknown model {name!r}", detail={"models": self.names()})
+        return versions[version] if version else self._latest(base)
+
+    def _latest(self, name: str) -> LoadedModel:
+        versions = self._models[name]
+        return versions[max(versions, key=_version_key)]

@@ -1,0 +1,77 @@
+"""ONNX Runtime sessions with an explicit, verified execution provider.
+
+`get_available_providers()` lists CUDA and TensorRT whenever the GPU wheel is installed, GPU or not, so the
+only truth is what a created session reports from `get_providers()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+
+from service.settings import Provider, Settings
+
+log = logging.getLogger(__name__)
+
+_PROVIDER_CHAINS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+_SHORT_NAMES = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "tensorrt",
+}
+
+
+class ProviderUnavailable(RuntimeError):
+    """An explicitly requested GPU provider could not be had: start-up stops, no silent fallback."""
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.ort_intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
+def create_session(path: Path, settings: Settings) -> tuple[ort.InferenceSession, str]:
+    """Return a session and the short name of the provider that really runs it."""
+    requested: Provider = settings.provider
+    available = ort.get_available_providers()
+    if requested == "auto":
+        chain = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        chain = [p for p in chain if p in available]
+    else:
+        chain = _PROVIDER_CHAINS[requested]
+        missing = [p for p in chain if p not in available]
+        if missing and requested != "cpu":
+            raise ProviderUnavailable(
+                f"OPTIC_PROVIDER={requested} but this onnxruntime build has no {missing[0]} "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu or set OPTIC_PROVIDER=cpu"
+            )
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(settings), providers=chain)
+    except Exception as exc:
+        if requested in ("cuda", "tensorrt"):
+            raise ProviderUnavailable(f"OPTIC_PROVIDER={requested}: could not create a session: {exc}") from exc
+        if requested == "auto" and chain[0] != "CPUExecutionProvider":
+            log.warning("CUDA session failed (%s); auto falls back to CPU", exc)
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options(settings), providers=["CPUExecutionProvider"]
+            )
+        else:
+            raise
+    active = session.get_providers()[0]
+    if requested in ("cuda", "tensorrt") and active != _PROVIDER_CHAINS[requested][0]:
+        raise ProviderUnavailable(
+            f"OPTIC_PROVIDER={requested} but the session runs on {active} (no usable GPU or driver); "
+            "refusing to fall back silently. Set OPTIC_PROVIDER=auto or cpu to allow CPU."
+        )
+    return session, _SHORT_NAMES.get(active, active)

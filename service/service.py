@@ -1,0 +1,163 @@
+"""The BentoML service: thin endpoints over the repository, the pipeline and the evaluation runner.
+
+`bentoml serve service.service:Optic`. Requests carry a model name and parameters, so batching happens
+below the API, per model, in the pipeline's batcher (a batchable BentoML API takes one argument only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from pydantic import Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.errors import InvalidParameter, NoImages, OpticError, TooManyImages
+from service.evaluation.archive import extract_archive
+from service.evaluation.runner import evaluate_folder
+from service.metrics import get_metrics
+from service.middleware import REASON_HEADER, OpticMiddleware
+from service.pipeline import Pipeline
+from service.repository import LoadedModel, ModelRepository
+from service.settings import get_settings
+
+log = logging.getLogger("optic")
+
+ENDPOINTS = frozenset({"/classify", "/evaluate", "/models"})
+EVALUATE_BODY_FACTOR = 1  # archives are bounded by max_archive_bytes, bodies by max_body_bytes
+
+
+def _body_limit(path: str) -> int:
+    settings = get_settings()
+    return max(settings.max_body_bytes, settings.max_archive_bytes) if path == "/evaluate" else settings.max_body_bytes
+
+
+def _count_error(endpoint: str, reason: str) -> None:
+    get_metrics().errors.labels(endpoint, reason).inc()
+
+
+def error_response(exc: OpticError) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers={REASON_HEADER.decode(): exc.reason})
+
+
+def _display_name(path: Path, index: int, field: str) -> str:
+    # BentoML stores an upload as tempfile prefix "tmp" + 8 random characters + the client's filename.
+    original = path.name[11:] if path.name.startswith("tmp") and len(path.name) > 11 else ""
+    return f"{field}[{index}]" + (f" ({original})" if original else "")
+
+
+async def _models(request: Request) -> Response:
+    service = request.app.state.optic
+    return JSONResponse({"models": [m.describe() for m in service.repository], "failed": service.repository.failures})
+
+
+models_app = Starlette(routes=[Route("/models", _models, methods=["GET"])])
+
+
+@bentoml.service(
+    name="optic",
+    workers=int(os.environ.get("OPTIC_WORKERS", "1")),
+    traffic={"timeout": 600},
+)
+@bentoml.asgi_app(models_app, path="/")
+class Optic:
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        self.metrics = get_metrics()
+        self.ready = False
+        self.repository = ModelRepository.load(self.settings)
+        for failed in self.repository.failures:
+            self.metrics.load_failures.labels(failed.split("/")[0]).inc()
+        for model in self.repository:
+            meta = model.metadata
+            self.metrics.model_info.labels(meta.name, meta.version, meta.task, model.provider, meta.sha256[:12]).set(1)
+            log.info("serving %s (%s) on %s", model.key, meta.task, model.provider)
+        self.pipeline = Pipeline(self.repository, self.settings, self.metrics)
+        models_app.state.optic = self
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    # -- inference --------------------------------------------------------------------------------------
+    def _read_images(self, images: list[Path]) -> list[tuple[str, bytes]]:
+        if not images:
+            raise NoImages("no images: send one or more files in the multipart field 'images'")
+        if len(images) > self.settings.max_images_per_request:
+            raise TooManyImages(
+                f"{len(images)} images exceeds the limit of {self.settings.max_images_per_request} "
+                "per request (OPTIC_MAX_IMAGES_PER_REQUEST)"
+            )
+        return [(_display_name(p, i, "images"), p.read_bytes()) for i, p in enumerate(images)]
+
+    def _params(self, model: LoadedModel, **values: Any) -> Any:
+        params = model.task.default_params(model.metadata)
+        try:
+            return params.model_validate({**params.model_dump(), **{k: v for k, v in values.items() if v is not None}})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidParameter(problems) from None
+
+    def _model_json(self, model: LoadedModel) -> dict[str, str]:
+        return {"name": model.metadata.name, "version": model.metadata.version}
+
+    @bentoml.api(route="/classify")
+    async def classify(
+        self,
+        images: list[Path] = Field(default_factory=list, description="One or more image files."),
+        model: str | None = Field(None, description="Model name or name:version; default: the first classifier."),
+        top_k: Annotated[int | None, Field(description="How many classes per image (default 5).")] = None,
+    ) -> dict[str, Any]:
+        try:
+            loaded = self.repository.resolve(model, "classification")
+            params = self._params(loaded, top_k=top_k if top_k is not None else self.settings.default_top_k)
+            files = self._read_images(images)
+            predictions = await self.pipeline.predict(loaded, files, params)
+        except OpticError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+        return {"model": self._model_json(loaded), "results": [p.result for p in predictions]}
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    @bentoml.api(route="/evaluate")
+    async def evaluate(
+        self,
+        dataset: Path = Field(description="zip, tar or tar.gz of a data set in the model's task format."),
+        model: str = Field(description="Model name or name:version."),
+    ) -> dict[str, Any]:
+        workdir = Path(tempfile.mkdtemp(prefix="optic-eval-"))
+        try:
+            loaded = self.repository.get(model)
+            root = extract_archive(
+                dataset,
+                workdir / "data",
+                max_bytes=self.settings.max_archive_bytes,
+                max_members=self.settings.max_archive_members,
+            )
+            report = await evaluate_folder(
+                loaded,
+                root,
+                self.pipeline.run_batch,
+                max_pixels=self.settings.max_image_pixels,
+                batch_size=self.settings.max_batch_size,
+            )
+        except OpticError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        meta = loaded.metadata
+        for metric, value in report["metrics"].get("summary", {}).items():
+            self.metrics.evaluation_score.labels(meta.name, meta.version, metric).set(value)
+        return report
+
+
+Optic.add_asgi_middleware(  # type: ignore[attr-defined]
+    OpticMiddleware, max_body_bytes=_body_limit, count_error=_count_error, endpoints=ENDPOINTS
+)

@@ -1,0 +1,71 @@
+"""The one settings object for the service and the offline evaluation.
+
+Built, not imported: construct `Settings(...)` in tests, call `get_settings()` in the app.
+Every field is read from the environment with the `OPTIC_` prefix (e.g. `OPTIC_MAX_BATCH_SIZE=32`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Provider = Literal["auto", "cuda", "tensorrt", "cpu"]
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPTIC_", extra="ignore")
+
+    model_repository: Path = Field(Path("models"), description="Folder of NAME/VERSION/model.{onnx,json}.")
+    provider: Provider = Field("auto", description="ONNX Runtime execution provider; GPU ones never fall back.")
+    workers: int = Field(1, ge=1, description="BentoML worker processes; each loads every model.")
+    # 0 means "cores / workers", so the default never oversubscribes the machine.
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(1, ge=1)
+
+    max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch the batcher forms.")
+    max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="Longest an image waits for company.")
+
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused (decompression bombs).")
+    max_images_per_request: int = Field(64, ge=1)
+    max_archive_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest uncompressed archive.")
+    max_archive_members: int = Field(100_000, ge=1)
+    default_top_k: int = Field(5, ge=1)
+    warmup_runs: int = Field(2, ge=0)
+    verify_sha256: bool = True
+
+    @field_validator("model_repository")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _refuse_oversubscription(self) -> Settings:
+        cores = _cpu_count()
+        if self.intra_op_threads and self.workers * self.intra_op_threads > cores:
+            raise ValueError(
+                f"workers x intra_op_threads = {self.workers} x {self.intra_op_threads} exceeds the "
+                f"{cores} cores available; lower one of them (0 threads means cores / workers)"
+            )
+        return self
+
+    @property
+    def ort_intra_op_threads(self) -> int:
+        return self.intra_op_threads or max(1, _cpu_count() // self.workers)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

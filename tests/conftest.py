@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server import ROOT, Server, start_server
+
+# Limits small enough that tests can cross them cheaply.
+TEST_LIMITS = {
+    "OPTIC_MAX_BODY_BYTES": str(4 * 1024 * 1024),
+    "OPTIC_MAX_ARCHIVE_BYTES": str(6 * 1024 * 1024),
+    "OPTIC_MAX_IMAGES_PER_REQUEST": "32",
+    "OPTIC_MAX_BATCH_WAIT_MS": "5",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the committed demo model repository (tests may add models to it)."""
+    target = tmp_path_factory.mktemp("repo") / "models"
+    shutil.copytree(ROOT / "models", target, ignore=shutil.ignore_patterns(".*"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    handle = start_server(repository, tmp_path_factory.mktemp("server") / "serve.log", env=TEST_LIMITS)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.data.demo import write_demo
+
+    out = tmp_path_factory.mktemp("data") / "cls"
+    write_demo("classification", out, seed=0)
+    return out

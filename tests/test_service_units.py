@@ -1,0 +1,141 @@
+"""Service parts without a server: settings, providers, repository loading, batching, archives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher
+from service.errors import (
+    ArchiveTooLarge,
+    ImageTooLarge,
+    InvalidArchive,
+    InvalidImage,
+    UnknownModel,
+    WrongTask,
+)
+from service.evaluation.archive import extract_archive
+from service.imaging import decode_image
+from service.repository import ModelLoadError, ModelRepository, load_model
+from service.runtime import ProviderUnavailable, create_session
+from service.settings import Settings
+from tests.server import ROOT
+
+DEMO = ROOT / "models" / "digits" / "1"
+
+
+def test_settings_read_env_and_refuse_oversubscription(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTIC_MAX_BATCH_SIZE", "7")
+    assert Settings().max_batch_size == 7
+    with pytest.raises(ValueError, match="exceeds"):
+        Settings(workers=2, intra_op_threads=64)
+    assert Settings(workers=1).ort_intra_op_threads >= 1
+
+
+def test_explicit_gpu_provider_never_falls_back() -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("GPU build installed: this test is for CPU-only machines")
+    with pytest.raises(ProviderUnavailable, match="OPTIC_PROVIDER=cuda"):
+        create_session(DEMO / "model.onnx", Settings(provider="cuda"))
+    _, provider = create_session(DEMO / "model.onnx", Settings(provider="auto"))
+    assert provider == "cpu"
+
+
+def test_sha_mismatch_is_not_served(tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    shutil.copytree(DEMO, repo / "digits" / "1")
+    shutil.copytree(DEMO, repo / "tampered" / "1")
+    meta = json.loads((repo / "tampered" / "1" / "model.json").read_text())
+    meta.update(name="tampered", sha256="0" * 64)
+    (repo / "tampered" / "1" / "model.json").write_text(json.dumps(meta))
+    settings = Settings(model_repository=repo, warmup_runs=0)
+    repository = ModelRepository.load(settings)
+    assert repository.names() == ["digits"]
+    assert "sha256" in repository.failures["tampered/1"]
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_model(repo / "tampered" / "1", settings)
+    with pytest.raises(UnknownModel):
+        repository.resolve("tampered", "classification")
+    with pytest.raises(WrongTask):
+        repository.resolve("digits", "detection")
+    assert repository.resolve(None, "classification").metadata.name == "digits"
+
+
+def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
+    sizes: list[int] = []
+
+    def run(batch: np.ndarray) -> list[dict[str, np.ndarray]]:
+        time.sleep(0.01)
+        return [{"y": x * 2} for x in batch]
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        batcher = MicroBatcher(
+            run,
+            max_batch_size=8,
+            max_wait_s=0.05,
+            executor=ThreadPoolExecutor(1),
+            on_batch=lambda n, _: sizes.append(n),
+        )
+        batcher.expect(20)
+        results = await asyncio.gather(*(batcher.submit(np.array([i])) for i in range(20)))
+        await batcher.close()
+        return results
+
+    results = asyncio.run(main())
+    assert [int(r["y"][0]) for r in results] == [2 * i for i in range(20)]
+    assert max(sizes) == 8 and sum(sizes) == 20
+
+
+def test_lone_request_does_not_wait() -> None:
+    async def main() -> float:
+        batcher = MicroBatcher(
+            lambda b: [{"y": x} for x in b], max_batch_size=8, max_wait_s=1.0, executor=ThreadPoolExecutor(1)
+        )
+        started = time.perf_counter()
+        await batcher.submit(np.zeros(1))
+        await batcher.close()
+        return time.perf_counter() - started
+
+    assert asyncio.run(main()) < 0.5
+
+
+def test_decode_limits() -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buffer, "PNG")
+    assert decode_image(buffer.getvalue(), filename="a", max_pixels=10_000).width == 100
+    with pytest.raises(ImageTooLarge):
+        decode_image(buffer.getvalue(), filename="a", max_pixels=9_999)
+    with pytest.raises(InvalidImage, match=r"truncated|corrupt"):
+        decode_image(buffer.getvalue()[:60], filename="a", max_pixels=10_000)
+
+
+def test_archive_limits(tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x/a.bin", b"\0" * 5000)
+        zf.writestr("x/b.bin", b"\0" * 5000)
+    extracted = extract_archive(archive, tmp_path / "ok", max_bytes=20_000, max_members=5)
+    assert (extracted / "x" / "a.bin").exists()
+    with pytest.raises(ArchiveTooLarge):
+        extract_archive(archive, tmp_path / "big", max_bytes=6000, max_members=5)
+    with pytest.raises(ArchiveTooLarge):
+        extract_archive(archive, tmp_path / "many", max_bytes=20_000, max_members=1)
+    assert not (tmp_path / "big").exists()
+    (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04junk")
+    with pytest.raises(InvalidArchive):
+        extract_archive(tmp_path / "junk.zip", tmp_path / "junk", max_bytes=20_000, max_members=5)
