@@ -6,14 +6,17 @@ below the API, per model, in the pipeline's batcher (a batchable BentoML API tak
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
+from PIL import Image
 from pydantic import Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,16 +26,17 @@ from starlette.routing import Route
 from service.errors import InvalidParameter, NoImages, OpticError, TooManyImages
 from service.evaluation.archive import extract_archive
 from service.evaluation.runner import evaluate_folder
+from service.imaging import decode_image
 from service.metrics import get_metrics
 from service.middleware import REASON_HEADER, OpticMiddleware
-from service.pipeline import Pipeline
+from service.pipeline import Pipeline, Prediction
+from service.render import draw_detections, draw_masks, to_png
 from service.repository import LoadedModel, ModelRepository
 from service.settings import get_settings
 
 log = logging.getLogger("optic")
 
-ENDPOINTS = frozenset({"/classify", "/evaluate", "/models"})
-EVALUATE_BODY_FACTOR = 1  # archives are bounded by max_archive_bytes, bodies by max_body_bytes
+ENDPOINTS = frozenset({"/classify", "/detect", "/detect/render", "/segment", "/segment/render", "/evaluate", "/models"})
 
 
 def _body_limit(path: str) -> int:
@@ -109,21 +113,122 @@ class Optic:
     def _model_json(self, model: LoadedModel) -> dict[str, str]:
         return {"name": model.metadata.name, "version": model.metadata.version}
 
+    async def _infer(
+        self, task: str, images: list[Path], model: str | None, **params: Any
+    ) -> tuple[LoadedModel, list[Prediction]]:
+        loaded = self.repository.resolve(model, task)
+        parsed = self._params(loaded, **params)
+        files = self._read_images(images)
+        return loaded, await self.pipeline.predict(loaded, files, parsed)
+
     @bentoml.api(route="/classify")
     async def classify(
         self,
         images: list[Path] = Field(default_factory=list, description="One or more image files."),
         model: str | None = Field(None, description="Model name or name:version; default: the first classifier."),
-        top_k: Annotated[int | None, Field(description="How many classes per image (default 5).")] = None,
+        top_k: int | None = Field(None, description="How many classes per image (default 5)."),
     ) -> dict[str, Any]:
         try:
-            loaded = self.repository.resolve(model, "classification")
-            params = self._params(loaded, top_k=top_k if top_k is not None else self.settings.default_top_k)
-            files = self._read_images(images)
-            predictions = await self.pipeline.predict(loaded, files, params)
+            loaded, predictions = await self._infer(
+                "classification", images, model, top_k=top_k if top_k is not None else self.settings.default_top_k
+            )
         except OpticError as exc:
             return error_response(exc)  # type: ignore[return-value]
         return {"model": self._model_json(loaded), "results": [p.result for p in predictions]}
+
+    @bentoml.api(route="/detect")
+    async def detect(
+        self,
+        images: list[Path] = Field(default_factory=list, description="One or more image files."),
+        model: str | None = Field(None, description="Model name or name:version; default: the first detector."),
+        score_threshold: float | None = Field(None, description="Keep detections scoring at least this."),
+        max_detections: int | None = Field(None, description="At most this many detections per image."),
+        classes: str | int | list[str | int] | None = Field(None, description="Only these labels or class ids."),
+    ) -> dict[str, Any]:
+        try:
+            loaded, predictions = await self._infer(
+                "detection",
+                images,
+                model,
+                score_threshold=score_threshold,
+                max_detections=max_detections,
+                classes=classes,
+            )
+        except OpticError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+        return {"model": self._model_json(loaded), "results": [p.result for p in predictions]}
+
+    @bentoml.api(route="/detect/render")
+    async def detect_render(
+        self,
+        images: list[Path] = Field(default_factory=list, description="One image file (the first is drawn)."),
+        model: str | None = Field(None, description="Model name or name:version; default: the first detector."),
+        score_threshold: float | None = Field(None, description="Keep detections scoring at least this."),
+        max_detections: int | None = Field(None, description="At most this many detections per image."),
+        classes: str | int | list[str | int] | None = Field(None, description="Only these labels or class ids."),
+    ) -> Response:
+        try:
+            loaded, predictions = await self._infer(
+                "detection",
+                images[:1],
+                model,
+                score_threshold=score_threshold,
+                max_detections=max_detections,
+                classes=classes,
+            )
+            png = await asyncio.get_running_loop().run_in_executor(
+                None, self._render, images[0], predictions[0].result["detections"], draw_detections
+            )
+        except OpticError as exc:
+            return error_response(exc)
+        return Response(png, media_type="image/png", headers={"x-optic-model": loaded.key})
+
+    def _render(self, path: Path, entries: list[dict[str, Any]], draw: Callable[..., Image.Image]) -> bytes:
+        full = decode_image(path.read_bytes(), filename="image", max_pixels=self.settings.max_image_pixels)
+        return to_png(draw(full.image, entries))
+
+    @bentoml.api(route="/segment")
+    async def segment(
+        self,
+        images: list[Path] = Field(default_factory=list, description="One or more image files."),
+        model: str | None = Field(None, description="Model name or name:version; default: the first segmenter."),
+        score_threshold: float | None = Field(None, description="Instance models: keep instances scoring this."),
+        mask_format: str | None = Field(None, description="rle (COCO compressed RLE, default), polygon or png."),
+    ) -> dict[str, Any]:
+        try:
+            loaded, predictions = await self._segment(images, model, score_threshold, mask_format)
+        except OpticError as exc:
+            return error_response(exc)  # type: ignore[return-value]
+        return {"model": self._model_json(loaded), "results": [p.result for p in predictions]}
+
+    @bentoml.api(route="/segment/render")
+    async def segment_render(
+        self,
+        images: list[Path] = Field(default_factory=list, description="One image file (the first is drawn)."),
+        model: str | None = Field(None, description="Model name or name:version; default: the first segmenter."),
+        score_threshold: float | None = Field(None, description="Instance models: keep instances scoring this."),
+    ) -> Response:
+        try:
+            loaded, predictions = await self._segment(images[:1], model, score_threshold, "rle")
+            result = predictions[0].result
+            entries = result.get("instances", result.get("classes", []))
+            png = await asyncio.get_running_loop().run_in_executor(None, self._render, images[0], entries, draw_masks)
+        except OpticError as exc:
+            return error_response(exc)
+        return Response(png, media_type="image/png", headers={"x-optic-model": loaded.key})
+
+    async def _segment(
+        self, images: list[Path], model: str | None, score_threshold: float | None, mask_format: str | None
+    ) -> tuple[LoadedModel, list[Prediction]]:
+        """/segment serves semantic and instance models alike: the model's task picks the plug-in."""
+        task = "segmentation"
+        if model:
+            task = self.repository.get(model).metadata.task
+            if task not in ("segmentation", "instance-segmentation"):
+                task = "segmentation"  # resolve() below names the wrong task
+        elif not any(m.metadata.task == "segmentation" for m in self.repository):
+            task = "instance-segmentation"
+        return await self._infer(task, images, model, score_threshold=score_threshold, mask_format=mask_format)
 
     # -- evaluation -------------------------------------------------------------------------------------
     @bentoml.api(route="/evaluate")

@@ -14,7 +14,12 @@ def register_task(cls: type[ServeTask]) -> type[ServeTask]:
 
 def _load_builtin() -> None:
     # Importing registers; kept in a function so importing the registry has no side effects.
-    from service.tasks import classification  # noqa: F401
+    from service.tasks import (  # noqa: F401
+        classification,
+        detection,
+        instance_segmentation,
+        segmentation,
+    )
 
 
 def get_task(name: str) -> ServeTask:
