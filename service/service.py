@@ -193,10 +193,11 @@ class Optic:
         images: list[Path] = Field(default_factory=list, description="One or more image files."),
         model: str | None = Field(None, description="Model name or name:version; default: the first segmenter."),
         score_threshold: float | None = Field(None, description="Instance models: keep instances scoring this."),
+        max_detections: int | None = Field(None, description="Instance models: at most this many per image."),
         mask_format: str | None = Field(None, description="rle (COCO compressed RLE, default), polygon or png."),
     ) -> dict[str, Any]:
         try:
-            loaded, predictions = await self._segment(images, model, score_threshold, mask_format)
+            loaded, predictions = await self._segment(images, model, score_threshold, mask_format, max_detections)
         except OpticError as exc:
             return error_response(exc)  # type: ignore[return-value]
         return {"model": self._model_json(loaded), "results": [p.result for p in predictions]}
@@ -218,7 +219,12 @@ class Optic:
         return Response(png, media_type="image/png", headers={"x-optic-model": loaded.key})  # type: ignore[return-value]
 
     async def _segment(
-        self, images: list[Path], model: str | None, score_threshold: float | None, mask_format: str | None
+        self,
+        images: list[Path],
+        model: str | None,
+        score_threshold: float | None,
+        mask_format: str | None,
+        max_detections: int | None = None,
     ) -> tuple[LoadedModel, list[Prediction]]:
         """/segment serves semantic and instance models alike: the model's task picks the plug-in."""
         task = "segmentation"
@@ -228,7 +234,10 @@ class Optic:
                 task = "segmentation"  # resolve() below names the wrong task
         elif not any(m.metadata.task == "segmentation" for m in self.repository):
             task = "instance-segmentation"
-        return await self._infer(task, images, model, score_threshold=score_threshold, mask_format=mask_format)
+        params: dict[str, Any] = {"score_threshold": score_threshold, "mask_format": mask_format}
+        if task == "instance-segmentation":
+            params["max_detections"] = max_detections
+        return await self._infer(task, images, model, **params)
 
     # -- evaluation -------------------------------------------------------------------------------------
     @bentoml.api(route="/evaluate")

@@ -23,16 +23,16 @@ class ClassificationParams(BaseModel):
 
 
 def find_split_root(root: Path) -> Path:
-    """An image-folder tree may sit under one top folder and hold test/ or val/ splits."""
+    """An image-folder tree may sit under wrapper folders and hold test/ or val/ splits. A lone folder is a
+    wrapper only when it holds folders alone: a lone class folder holds the images themselves."""
     while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        dirs = [p for p in entries if p.is_dir()]
-        if len(dirs) == 1 and len(entries) == 1:
-            root = dirs[0]
-            continue
         for split in ("test", "val"):
             if (root / split).is_dir():
                 return root / split
+        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(entries) == 1 and entries[0].is_dir() and all(p.is_dir() for p in entries[0].iterdir()):
+            root = entries[0]
+            continue
         return root
 
 
