@@ -1,0 +1,1 @@
+"""Data readers and demo-data writers for the training tasks."""
