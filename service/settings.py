@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     max_archive_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest uncompressed archive.")
     max_archive_members: int = Field(100_000, ge=1)
     default_top_k: int = Field(5, ge=1)
-    warmup_runs: int = Field(2, ge=0)
+    warmup_runs: int = Field(1, ge=0)
     verify_sha256: bool = True
 
     @field_validator("model_repository")

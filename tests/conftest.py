@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the committed demo model repository (tests may add models to it)."""
     target = tmp_path_factory.mktemp("repo") / "models"
-    shutil.copytree(ROOT / "models", target, ignore=shutil.ignore_patterns(".*"))
+    source = Path(os.environ.get("OPTIC_TEST_REPOSITORY", ROOT / "models"))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))
     return target
 
 

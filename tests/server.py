@@ -41,7 +41,7 @@ class Server:
                 self.process.wait()
 
 
-def start_server(repository: Path, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 120) -> Server:
+def start_server(repository: Path, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 300) -> Server:
     port = free_port()
     bentoml = str(Path(sys.executable).parent / "bentoml")
     full_env = {**os.environ, "OPTIC_MODEL_REPOSITORY": str(repository), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
