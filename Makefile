@@ -26,17 +26,18 @@ serve: $(VENV)/.serve
 	$(BIN)/optic serve --host $(HOST) --port $(PORT) --repository models
 
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not container"
 
 test-unit: $(VENV)/.dev
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest -m "not integration and not container"
 
 test-integration: $(VENV)/.dev
 	$(BIN)/python -m pytest -m integration
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service training tests bench
+	$(BIN)/ruff check service training tests bench deploy
 	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
@@ -47,3 +48,10 @@ demo-models: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+# The serving image, built and run with podman from a locally bootstrapped Debian base (no registry).
+# Installs podman, buildah, runc and debootstrap with apt when missing (root); the base is made once.
+.PHONY: container-test
+container-test: $(VENV)/.dev
+	bash deploy/container/prepare.sh
+	$(BIN)/python -m pytest -m container tests/test_container.py

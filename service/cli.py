@@ -51,10 +51,33 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight_provider(repository: Path) -> str | None:
+    """An explicit GPU provider that cannot be had stops start-up here, with its message: inside
+    `bentoml serve` a failing worker is only restarted, again and again."""
+    from service.runtime import ProviderUnavailable, create_session
+    from service.settings import Settings
+
+    settings = Settings(model_repository=repository)
+    if settings.provider not in ("cuda", "tensorrt"):
+        return None
+    first = next(iter(sorted(repository.glob("*/*/model.onnx"))), None)
+    if first is None:
+        return None
+    try:
+        create_session(first, settings)
+    except ProviderUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.repository:
         env["OPTIC_MODEL_REPOSITORY"] = str(Path(args.repository).resolve())
+    problem = _preflight_provider(Path(env.get("OPTIC_MODEL_REPOSITORY", "models")))
+    if problem:
+        print(f"optic serve: {problem}", file=sys.stderr)
+        return 3
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     command = [bentoml, "serve", "service.service:Optic", "--host", args.host, "--port", str(args.port)]
     os.execvpe(command[0], command, env)
