@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,10 @@ class Prediction:
     result: dict[str, Any]
 
 
-def prepare(model: LoadedModel, data: bytes, filename: str, max_pixels: int) -> Prepared:
+def prepare(model: LoadedModel, data: bytes | Path, filename: str, max_pixels: int) -> Prepared:
     spec = model.metadata.input
+    if isinstance(data, Path):
+        data = data.read_bytes()
     decoded = decode_image(data, filename=filename, max_pixels=max_pixels, draft_size=(spec.width, spec.height))
     array, geometry = model.task.preprocess(decoded, model.metadata)
     return Prepared(decoded, array, geometry)
@@ -69,7 +72,7 @@ class Pipeline:
             )
         return self._batchers[model.key]
 
-    async def _prepare_all(self, model: LoadedModel, files: Sequence[tuple[str, bytes]]) -> list[Prepared]:
+    async def _prepare_all(self, model: LoadedModel, files: Sequence[tuple[str, bytes | Path]]) -> list[Prepared]:
         loop = asyncio.get_running_loop()
         max_pixels = self.settings.max_image_pixels
 
@@ -78,7 +81,9 @@ class Pipeline:
 
         return await loop.run_in_executor(self._prep_pool, work)
 
-    async def predict(self, model: LoadedModel, files: Sequence[tuple[str, bytes]], params: Any) -> list[Prediction]:
+    async def predict(
+        self, model: LoadedModel, files: Sequence[tuple[str, bytes | Path]], params: Any
+    ) -> list[Prediction]:
         """Every image of a request, in order; one bad image refuses the whole request before any runs."""
         meta = model.metadata
         batcher = self.batcher(model)
