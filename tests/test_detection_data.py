@@ -1,0 +1,187 @@
+"""Detection data: the shapes demo, COCO and YOLO readers (same targets), crowd handling, letterboxed targets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.imaging import DecodedImage, to_model_input
+from service.metadata import InputSpec, Preprocessing
+from tests.detection_support import TINY_SPLITS, write_tiny_shapes
+from training.data.coco import read_coco
+from training.data.demo import list_demos, write_demo
+from training.data.demo_detection import CLASSES, place_objects
+from training.data.detection import DetectionDataset, DetectionTrainPreset, find_detection_splits
+from training.data.yolo import label_path, read_names
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_shapes(tmp_path_factory.mktemp("data") / "shapes")
+
+
+def test_demo_writes_coco_and_yolo_for_every_split(shapes: Path) -> None:
+    assert "detection" in list_demos()
+    assert read_names(shapes) == list(CLASSES)
+    for split, count in TINY_SPLITS.items():
+        coco = json.loads((shapes / split / "annotations.json").read_text())
+        assert len(coco["images"]) == count
+        assert [c["name"] for c in coco["categories"]] == list(CLASSES)
+        per_image = {image["id"]: 0 for image in coco["images"]}
+        sizes = {image["id"]: (image["width"], image["height"]) for image in coco["images"]}
+        for ann in coco["annotations"]:
+            x, y, w, h = ann["bbox"]
+            width, height = sizes[ann["image_id"]]
+            assert all(isinstance(v, int) for v in ann["bbox"]) and w > 0 and h > 0
+            assert x >= 0 and x + w <= width and y >= 0 and y + h <= height
+            assert 0 < ann["area"] <= w * h and ann["iscrowd"] == 0
+            per_image[ann["image_id"]] += 1
+        for image in coco["images"]:
+            path = shapes / split / "images" / image["file_name"]
+            with Image.open(path) as decoded:
+                assert decoded.size == (image["width"], image["height"])
+            lines = label_path(path).read_text().splitlines()
+            assert len(lines) == per_image[image["id"]] >= 1
+        # crops/: every object cut out under its class, plus object-free background patches
+        crops = shapes / "crops" / split
+        assert sorted(p.name for p in crops.iterdir()) == sorted([*CLASSES, "background"])
+        assert sum(len(list((crops / name).iterdir())) for name in CLASSES) == len(coco["annotations"])
+        assert 0 < len(list((crops / "background").iterdir())) <= count
+
+
+def test_demo_boxes_are_tight() -> None:
+    """On a flat background the changed pixels of each object span exactly its box (JPEG aside)."""
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        image = np.full((240, 320, 3), 128, dtype=np.uint8)
+        objects = place_objects(image, rng)
+        change = np.abs(image.astype(np.int16) - 128).max(axis=2)
+        for obj in objects:
+            x, y, w, h = obj["bbox"]
+            square = change[obj["_y0"] : obj["_y1"], obj["_x0"] : obj["_x1"]]
+            rows, cols = np.nonzero(square >= 0.5 * square.max())
+            found = [obj["_x0"] + cols.min(), obj["_y0"] + rows.min(), cols.max() - cols.min() + 1,
+                     rows.max() - rows.min() + 1]  # fmt: skip
+            assert np.abs(np.asarray(found) - [x, y, w, h]).max() <= 1
+
+
+def test_write_demo_refuses_a_non_empty_folder(shapes: Path) -> None:
+    with pytest.raises(FileExistsError):
+        write_demo("detection", shapes)
+
+
+def test_coco_and_yolo_layouts_give_the_same_targets(shapes: Path, tmp_path: Path) -> None:
+    coco = find_detection_splits(shapes)
+    yolo_yaml = find_detection_splits(shapes / "data.yaml")
+    # The plain folder layout: images/ + labels/ + classes.txt, no JSON and no YAML.
+    folder = tmp_path / "yolo"
+    shutil.copytree(shapes, folder, ignore=shutil.ignore_patterns("*.json", "*.yaml"))
+    yolo_folder = find_detection_splits(folder)
+    assert (coco.layout, yolo_yaml.layout, yolo_folder.layout) == ("coco", "yolo", "yolo")
+    for yolo in (yolo_yaml, yolo_folder):
+        assert yolo.labels == coco.labels == list(CLASSES)
+        for split in ("train", "val", "test"):
+            a, b = getattr(coco, split), getattr(yolo, split)
+            assert [s.path.name for s in a.samples] == [s.path.name for s in b.samples]
+            for sa, sb in zip(a.samples, b.samples, strict=True):
+                assert (sa.width, sa.height) == (sb.width, sb.height)
+                np.testing.assert_array_equal(sa.labels, sb.labels)
+                np.testing.assert_allclose(sa.boxes, sb.boxes, atol=1e-3)
+            assert len(a.coco["annotations"]) == len(b.coco["annotations"])
+
+
+def _write_coco(root: Path) -> Path:
+    (root / "images").mkdir(parents=True)
+    for name, size in (("a.png", (64, 48)), ("b.png", (40, 40))):
+        Image.new("RGB", size, (90, 90, 90)).save(root / "images" / name)
+    data = {
+        "images": [{"id": 10, "file_name": "a.png", "width": 64, "height": 48},
+                   {"id": 11, "file_name": "b.png", "width": 40, "height": 40}],
+        "categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}],
+        "annotations": [
+            {"id": 1, "image_id": 10, "category_id": 7, "bbox": [4, 5, 20, 10]},
+            {"id": 2, "image_id": 10, "category_id": 3, "bbox": [30, 6, 30, 40], "iscrowd": 1},
+            {"id": 3, "image_id": 11, "category_id": 3, "bbox": [1, 2, 0, 5]},  # no area: not a target
+            {"id": 4, "image_id": 11, "category_id": 3, "bbox": [2, 3, 10, 12], "iscrowd": 0},
+        ],
+    }  # fmt: skip
+    (root / "annotations.json").write_text(json.dumps(data))
+    return root / "annotations.json"
+
+
+def test_crowd_regions_are_ground_truth_but_not_targets(tmp_path: Path) -> None:
+    labels, split = read_coco(_write_coco(tmp_path))
+    assert labels == ["dog", "cat"]  # category-id order: 3 before 7
+    assert split.label_to_category == {0: 3, 1: 7}
+    first, second = split.samples
+    np.testing.assert_array_equal(first.boxes, [[4, 5, 24, 15]])
+    np.testing.assert_array_equal(first.labels, [1])
+    np.testing.assert_array_equal(second.boxes, [[2, 3, 12, 15]])
+    np.testing.assert_array_equal(second.labels, [0])
+    crowd = [a for a in split.coco["annotations"] if a["iscrowd"]]
+    assert len(crowd) == 1 and crowd[0]["area"] == 1200  # kept, with pycocotools' defaults filled in
+    held_in, held_out = split.split(0.5, seed=0)
+    assert len(held_in) == len(held_out) == 1
+    for part in (held_in, held_out):
+        assert {im["id"] for im in part.coco["images"]} == {s.image_id for s in part.samples}
+        assert {a["image_id"] for a in part.coco["annotations"]} <= {s.image_id for s in part.samples}
+
+
+def test_val_categories_must_be_known(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train split does not have"):
+        read_coco(_write_coco(tmp_path), labels=["dog"])
+
+
+def test_yolo_label_errors_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "labels").mkdir()
+    Image.new("RGB", (20, 10)).save(tmp_path / "train" / "images" / "x.jpg")
+    (tmp_path / "classes.txt").write_text("one\n")
+    (tmp_path / "train" / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n3 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(ValueError, match=r"x.txt:2: class 3"):
+        find_detection_splits(tmp_path)
+    (tmp_path / "classes.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"classes\.txt"):
+        find_detection_splits(tmp_path)
+
+
+def test_targets_are_letterboxed_like_the_service(shapes: Path) -> None:
+    split = find_detection_splits(shapes).train
+    dataset = DetectionDataset(split, (128, 128))
+    for index, sample in enumerate(split.samples):
+        image, target = dataset[index]
+        assert image.dtype == torch.uint8 and image.shape == (3, 128, 128)
+        with Image.open(sample.path) as decoded:
+            expected, geometry = to_model_input(
+                DecodedImage(decoded.convert("RGB"), sample.width, sample.height, sample.path.name),
+                InputSpec(height=128, width=128),
+                Preprocessing(resize="letterbox"),
+            )
+        np.testing.assert_array_equal(image.numpy(), expected)
+        scale = np.asarray([geometry.scale_x, geometry.scale_y] * 2)
+        boxes = sample.boxes * scale + np.asarray([geometry.pad_x, geometry.pad_y] * 2)
+        np.testing.assert_allclose(target["boxes"].numpy(), boxes, atol=1e-4)
+        np.testing.assert_array_equal(target["labels"].numpy(), sample.labels)
+        if sample.width != sample.height:  # the padding is the service's grey
+            assert (image[:, 0, 0] == 114).all() or (image[:, -1, -1] == 114).all()
+
+
+def test_horizontal_flip_moves_the_boxes() -> None:
+    image = torch.zeros((3, 8, 10), dtype=torch.uint8)
+    image[:, 2:4, 1:3] = 255
+    target = {"boxes": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "labels": torch.tensor([0])}
+    torch.manual_seed(0)
+    flipped = [DetectionTrainPreset("light")(image, target) for _ in range(8)]
+    moved = [(im, t) for im, t in flipped if not torch.equal(im, image)]
+    assert moved, "eight coin flips never flipped"
+    im, t = moved[0]
+    assert t["boxes"].tolist() == [[7.0, 2.0, 9.0, 4.0]]
+    assert im[:, 2:4, 7:9].eq(255).all() and im.sum() == image.sum()
+    with pytest.raises(ValueError, match="unknown augment"):
+        DetectionTrainPreset("heavy")

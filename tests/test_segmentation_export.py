@@ -1,0 +1,147 @@
+"""Segmentation training and export: tiny runs, model.json, dynamic batch under ONNX Runtime, parity guards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.metadata import ModelMetadata
+from service.tasks.instance_segmentation import paste_mask
+from tests.segmentation_support import untrained_run, write_tiny_demo
+from training.config import TrainConfig
+from training.engine import fit
+from training.export import export_onnx
+from training.tasks import instance_segmentation
+from training.tasks.base import ParityError
+from training.tasks.instance_segmentation import InstanceSegmentationTask
+from training.tasks.segmentation import SegmentationTask
+
+SHAPES = ["circle", "square", "triangle", "star"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("data")
+    return {task: write_tiny_demo(task, root / task) for task in ("segmentation", "instance-segmentation")}
+
+
+@pytest.fixture(scope="module")
+def semantic_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = TrainConfig(task="segmentation", data=data["segmentation"], arch="lraspp_mobilenet_v3_large", epochs=1,
+                      batch_size=2, image_size=(48, 64), max_samples=4, out=tmp_path_factory.mktemp("runs"),
+                      name="seg", device="cpu")  # fmt: skip
+    return fit(cfg)
+
+
+@pytest.fixture(scope="module")
+def instance_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained slim Mask R-CNN: it finds ~100 boxes an image, every mask a different blob."""
+    cfg = TrainConfig(task="instance-segmentation", data=data["instance-segmentation"],
+                      arch="maskrcnn_mobilenet_v3_large_fpn", image_size=(64, 80), device="cpu")  # fmt: skip
+    return untrained_run(tmp_path_factory.mktemp("runs") / "inst", cfg, SHAPES)
+
+
+@pytest.fixture
+def few_detections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An untrained Mask R-CNN fills every one of its K rows; K = 10 and batches up to 3 keep parity cheap."""
+    monkeypatch.setattr(instance_segmentation, "MAX_DETECTIONS", 10)
+    monkeypatch.setattr(InstanceSegmentationTask, "parity_batch_sizes", (1, 3))
+
+
+def _session(target: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_semantic_run_reports_miou_and_exports_a_class_map(semantic_run: Path, tmp_path: Path) -> None:
+    assert {"best.pt", "summary.json", "metrics.csv", "loss.png", "miou.png", "class_iou_val.png"} <= {
+        p.name for p in semantic_run.iterdir()
+    }
+    target = export_onnx(semantic_run, "seg", repository=tmp_path / "models")
+    meta = ModelMetadata.read(target / "model.json")
+    assert meta.task == "segmentation" and meta.labels == ["background", *SHAPES]
+    assert meta.outputs == ["class_map"] and meta.params == {"background_class": 0, "ignore_index": 255}
+    assert (meta.input.height, meta.input.width, meta.input.dynamic_batch) == (48, 64, True)
+    assert meta.preprocessing.resize == "stretch" and meta.preprocessing.in_graph
+    assert {"val_miou", "test_miou", "test_pixel_accuracy"} <= set(meta.metrics)
+    assert set(meta.parity) == {"class_map_mismatch_batch1", "class_map_mismatch_batch7"}
+    assert max(meta.parity.values()) <= 1e-3
+    session = _session(target)
+    for batch in (1, 5):
+        images = np.random.default_rng(batch).integers(0, 256, (batch, 3, 48, 64), dtype=np.uint8)
+        (class_map,) = session.run(["class_map"], {"images": images})
+        assert class_map.shape == (batch, 48, 64) and class_map.dtype == np.int64
+        assert class_map.min() >= 0 and class_map.max() < 5
+
+
+def test_semantic_parity_guard_writes_nothing(
+    semantic_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SegmentationTask, "parity_max_mismatch", -1.0)
+    with pytest.raises(ParityError, match="pixels differ"):
+        export_onnx(semantic_run, "seg", repository=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.usefixtures("few_detections")
+def test_instance_export_is_batch_dynamic_and_matches_torch(instance_run: Path, tmp_path: Path) -> None:
+    target = export_onnx(instance_run, "inst", repository=tmp_path / "models")
+    meta = ModelMetadata.read(target / "model.json")
+    assert meta.task == "instance-segmentation" and meta.labels == SHAPES
+    assert meta.outputs == ["boxes", "scores", "labels", "num_detections", "masks"]
+    assert meta.input.dynamic_batch and meta.preprocessing.resize == "letterbox"
+    assert {"score_threshold", "max_detections", "mask_size"} <= set(meta.params)
+    assert meta.parity["mask_min_iou_batch3_vs_single"] >= 0.99 and meta.parity["boxes_max_abs_diff_batch3"] <= 0.5
+    session = _session(target)
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 80), dtype=np.uint8)
+    names = meta.outputs
+    batched = dict(zip(names, session.run(names, {"images": images}), strict=True))
+    assert batched["masks"].shape == (3, 10, 28, 28) and batched["boxes"].shape == (3, 10, 4)
+    assert batched["labels"].dtype == np.int64 and batched["num_detections"].shape == (3,)
+    for i in range(3):  # the Loop gives every image exactly what it gets alone
+        alone = dict(zip(names, session.run(names, {"images": images[i : i + 1]}), strict=True))
+        for name in names:
+            np.testing.assert_array_equal(alone[name][0], batched[name][i])
+
+
+def test_instance_parity_guard_compares_pasted_masks(instance_run: Path, tmp_path: Path) -> None:
+    task = InstanceSegmentationTask()
+    rng = np.random.default_rng(0)
+    probs = rng.random((1, 2, 28, 28)).astype(np.float32)
+    outputs = {
+        "boxes": np.asarray([[[4, 4, 40, 30], [50, 10, 70, 60]]], dtype=np.float32),
+        "scores": np.asarray([[0.9, 0.8]], dtype=np.float32),
+        "labels": np.asarray([[1, 3]]),
+        "num_detections": np.asarray([2]),
+        "masks": probs,
+    }
+    assert task.check_parity(outputs, outputs)["mask_min_iou"] == 1.0
+    flipped = {**outputs, "masks": probs[:, :, ::-1].copy()}  # same boxes, another mask
+    with pytest.raises(ParityError, match="IoU"):
+        task.check_parity(outputs, flipped)
+    box = outputs["boxes"][0, 0].astype(np.float64)
+    assert paste_mask(probs[0, 0], box, 48, 40).shape == (40, 48)
+
+
+@pytest.mark.usefixtures("few_detections")
+def test_instance_export_refuses_a_failed_parity(
+    instance_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(InstanceSegmentationTask, "mask_min_iou", 1.01)
+    with pytest.raises(ParityError, match="IoU"):
+        export_onnx(instance_run, "inst", repository=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.usefixtures("few_detections")
+def test_instance_training_scores_mask_ap(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = TrainConfig(task="instance-segmentation", data=data["instance-segmentation"],
+                      arch="maskrcnn_mobilenet_v3_large_fpn", epochs=1, batch_size=2, image_size=(64, 80),
+                      max_samples=2, out=tmp_path, name="inst", device="cpu")  # fmt: skip
+    run_dir = fit(cfg)
+    summary = (run_dir / "summary.json").read_text()
+    for key in ("val_mask_map", "val_mask_map50", "test_mask_map50", "test_map"):
+        assert f'"{key}"' in summary
+    assert {"loss.png", "mask_map.png"} <= {p.name for p in run_dir.iterdir()}

@@ -1,0 +1,146 @@
+"""COCO box metrics with pycocotools (the scorer `optic eval` uses), per-class AP and PR curves, and their plots.
+
+Predictions are scored in original-image pixels, mapped back from the letterbox exactly as the service maps
+them (`service.tasks.detection.to_image_boxes`), against the split's full COCO ground truth (crowd regions
+included), so the numbers training reports are the numbers `optic eval` reproduces on the exported model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from service.imaging import Geometry
+from service.tasks.coco import SUMMARY_NAMES
+from service.tasks.detection import to_image_boxes
+
+# COCOeval summary name -> metric key; `map` (AP@[.5:.95]) is the detection task's primary metric.
+METRIC_KEYS = {
+    "AP": "map",
+    "AP50": "map50",
+    "AP75": "map75",
+    "AP_small": "map_small",
+    "AP_medium": "map_medium",
+    "AP_large": "map_large",
+    "AR100": "mar100",
+}
+
+
+def coco_detections(
+    image_id: Any,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    geometry: Geometry,
+    label_to_category: dict[int, int],
+) -> list[dict[str, Any]]:
+    """One image's detections (model-input pixels, 0-based labels) as COCO results in image pixels."""
+    mapped = to_image_boxes(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), geometry)
+    return [
+        {
+            "image_id": image_id,
+            "category_id": label_to_category[int(label)],
+            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+            "score": float(score),
+        }
+        for (x1, y1, x2, y2), score, label in zip(mapped, scores, labels, strict=True)
+        if int(label) in label_to_category
+    ]
+
+
+def score_coco(
+    ground_truth: dict[str, Any],
+    detections: list[dict[str, Any]],
+    names: dict[int, str],
+    label_to_category: dict[int, int],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, details): the summary as metric keys; per-class AP/AP50 and PR curves at IoU 0.5."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    # COCOeval writes flags into the annotation dicts; score a copy so the split's ground truth stays clean.
+    data = {**ground_truth, "annotations": [dict(a) for a in ground_truth["annotations"]]}
+    zero = {key: 0.0 for key in METRIC_KEYS.values()}
+    if not detections:
+        return zero, {"per_class": [], "pr_curves": {}, "num_detections": 0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = data
+        coco.createIndex()
+        evaluator = COCOeval(coco, coco.loadRes(detections), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    summary = dict(zip(SUMMARY_NAMES, (float(v) for v in evaluator.stats), strict=True))
+    # -1 means "no ground truth in that area range": absent, not zero.
+    metrics = {key: summary[name] for name, key in METRIC_KEYS.items() if summary[name] >= 0}
+    precision = evaluator.eval["precision"]  # [IoU, recall threshold, class, area range, max detections]
+    recall_points = np.asarray(evaluator.params.recThrs)
+    column = {category: k for k, category in enumerate(evaluator.params.catIds)}
+    per_class, curves = [], {}
+    for label, category in sorted(label_to_category.items()):
+        k = column.get(category)
+        if k is None:
+            continue
+        every_iou, at_50 = precision[:, :, k, 0, -1], precision[0, :, k, 0, -1]
+        if not (at_50 > -1).any():
+            continue  # no ground truth of this class in the split
+        per_class.append(
+            {
+                "label": names[label],
+                "AP": float(np.mean(every_iou[every_iou > -1])),
+                "AP50": float(np.mean(at_50[at_50 > -1])),
+            }
+        )
+        curves[names[label]] = (recall_points.tolist(), np.clip(at_50, 0, 1).tolist())
+    return metrics, {"per_class": per_class, "pr_curves": curves, "num_detections": len(detections)}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_class_ap(path: Path, per_class: list[dict[str, Any]], title: str) -> Path | None:
+    if not per_class:
+        return None
+    names = [row["label"] for row in per_class]
+    x = np.arange(len(names))
+    fig = Figure(figsize=(max(5.0, 0.5 * len(names) + 2), 4))
+    ax = fig.add_subplot()
+    ax.bar(x - 0.2, [row["AP50"] for row in per_class], width=0.4, label="AP50")
+    ax.bar(x + 0.2, [row["AP"] for row in per_class], width=0.4, label="AP@[.5:.95]")
+    ax.set_xticks(x, labels=names, rotation=90 if len(names) > 10 else 0)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("average precision")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_pr_curves(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: str) -> Path | None:
+    if not curves:
+        return None
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    for name, (recall, precision) in curves.items():
+        ax.plot(recall, precision, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) <= 20:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
