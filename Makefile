@@ -44,7 +44,7 @@ bench: $(VENV)/.dev
 
 # Rebuilds the committed demo models from package-shipped data (see README: "Demo models").
 demo-models: $(VENV)/.dev
-	$(BIN)/python -m training.recipes --repository models
+	$(BIN)/python -m training.recipes --repository $(or $(REPOSITORY),models)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -126,3 +126,28 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.recipes [NAME ...]`: rebuild demo models (data, train, export), or print the commands."""
+    import argparse
+
+    from training.cli import main as optic
+
+    parser = argparse.ArgumentParser(prog="python -m training.recipes", description=main.__doc__)
+    parser.add_argument("names", nargs="*", help=f"recipes (default: all of {', '.join(sorted(RECIPES))})")
+    parser.add_argument("--repository", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("runs"))
+    parser.add_argument("--print", dest="print_only", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+    for name in args.names or sorted(RECIPES):
+        recipe = get_recipe(name)
+        for command in recipe.commands(args.out, args.repository):
+            print("optic " + shlex.join(command), flush=True)  # noqa: T201 - the commands are the output
+            if not args.print_only and (code := optic(command)) != 0:
+                return code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,6 +30,7 @@ async def evaluate_folder(
 ) -> dict[str, Any]:
     """Predict every image of the data set at `root` and score it with the task's metrics."""
     started = time.perf_counter()
+    root = root.resolve()  # readers may hand back resolved paths; names are shown relative to the root
     loop = asyncio.get_running_loop()
     task, meta = model.task, model.metadata
     dataset = await loop.run_in_executor(executor, task.load_eval_dataset, root, meta)
