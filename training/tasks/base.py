@@ -7,7 +7,8 @@ one subclass, never an `if task == ...` in the loop.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -151,3 +152,28 @@ class TrainTask(abc.ABC):
         plots.plot_curves(run_dir / "loss.png", history, ["train_loss", "val_loss"], ylabel="loss")
         metric = f"val_{self.primary_metric}"
         plots.plot_curves(run_dir / f"{self.primary_metric}.png", history, [metric], ylabel=self.primary_metric)
+
+
+def cached_splits(
+    cache: dict[tuple[Path, float, int], Any], cfg: TrainConfig, find: Callable[[Path, float, int], Any], what: str
+) -> Any:
+    """Find a data set's splits once per (data, val fraction, seed) and log what was found.
+
+    `find(data, val_fraction, seed)` returns an object with `train`, `val`, `test` (or None) and `labels`.
+    """
+    key = (cfg.data, cfg.val_fraction, cfg.seed)
+    if key not in cache:
+        splits = find(cfg.data, cfg.val_fraction, cfg.seed)
+        layout = getattr(splits, "layout", "")
+        logging.getLogger(__name__).info(
+            "%s %s %s: %d train, %d val, %s test images; labels %s",
+            layout,
+            what,
+            cfg.data,
+            len(splits.train),
+            len(splits.val),
+            len(splits.test) if splits.test else "no",
+            splits.labels,
+        )
+        cache[key] = splits
+    return cache[key]

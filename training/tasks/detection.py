@@ -37,7 +37,7 @@ from training.detection_eval import coco_detections, plot_class_ap, plot_pr_curv
 from training.detectors import build_detector, postprocess_settings
 from training.onnx_loop import batch_loop, set_output_shapes
 from training.tasks import register_task
-from training.tasks.base import Evaluation, ParityError, TrainTask
+from training.tasks.base import Evaluation, ParityError, TrainTask, cached_splits
 
 log = logging.getLogger(__name__)
 
@@ -155,20 +155,7 @@ class DetectionTask(TrainTask):
         self._splits: dict[tuple[Path, float, int], DetectionSplits] = {}
 
     def _find_splits(self, cfg: TrainConfig) -> DetectionSplits:
-        key = (cfg.data, cfg.val_fraction, cfg.seed)
-        if key not in self._splits:
-            splits = find_detection_splits(cfg.data, cfg.val_fraction, cfg.seed)
-            log.info(
-                "%s data %s: %d train, %d val, %s test images; labels %s",
-                splits.layout,
-                cfg.data,
-                len(splits.train),
-                len(splits.val),
-                len(splits.test) if splits.test else "no",
-                splits.labels,
-            )
-            self._splits[key] = splits
-        return self._splits[key]
+        return cached_splits(self._splits, cfg, find_detection_splits, "data")
 
     # --- data ---------------------------------------------------------------------------------------------
     def build_datasets(self, cfg: TrainConfig) -> tuple[Dataset[Any], Dataset[Any], list[str]]:

@@ -36,7 +36,7 @@ from training.detection_eval import plot_class_ap
 from training.detectors import postprocess_settings
 from training.mask_rcnn import build_instance_model
 from training.tasks import register_task
-from training.tasks.base import Evaluation, ParityError
+from training.tasks.base import Evaluation, ParityError, cached_splits
 from training.tasks.detection import MAX_DETECTIONS, SCORE_THRESHOLD, DetectionTask, DetectorExport
 
 log = logging.getLogger(__name__)
@@ -106,19 +106,7 @@ class InstanceSegmentationTask(DetectionTask):
     mask_min_iou: ClassVar[float] = 0.99  # pasted torch vs ONNX masks, per instance
 
     def _find_splits(self, cfg: TrainConfig) -> DetectionSplits:
-        key = (cfg.data, cfg.val_fraction, cfg.seed)
-        if key not in self._splits:
-            splits = find_instance_splits(cfg.data, cfg.val_fraction, cfg.seed)
-            log.info(
-                "COCO instances %s: %d train, %d val, %s test images; labels %s",
-                cfg.data,
-                len(splits.train),
-                len(splits.val),
-                len(splits.test) if splits.test else "no",
-                splits.labels,
-            )
-            self._splits[key] = splits
-        return self._splits[key]
+        return cached_splits(self._splits, cfg, find_instance_splits, "instances")
 
     # --- data ---------------------------------------------------------------------------------------------
     def build_datasets(self, cfg: TrainConfig) -> tuple[Dataset[Any], Dataset[Any], list[str]]:

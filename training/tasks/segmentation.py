@@ -35,7 +35,7 @@ from training.data.masks import (
 )
 from training.segmenters import build_segmenter
 from training.tasks import register_task
-from training.tasks.base import Evaluation, ParityError, TrainTask, UInt8Normalize
+from training.tasks.base import Evaluation, ParityError, TrainTask, UInt8Normalize, cached_splits
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +94,7 @@ class SegmentationTask(TrainTask):
         self._splits: dict[tuple[Path, float, int], MaskSplits] = {}
 
     def _find_splits(self, cfg: TrainConfig) -> MaskSplits:
-        key = (cfg.data, cfg.val_fraction, cfg.seed)
-        if key not in self._splits:
-            splits = find_mask_splits(cfg.data, cfg.val_fraction, cfg.seed)
-            log.info(
-                "%s masks %s: %d train, %d val, %s test images; labels %s",
-                splits.layout,
-                cfg.data,
-                len(splits.train),
-                len(splits.val),
-                len(splits.test) if splits.test else "no",
-                splits.labels,
-            )
-            self._splits[key] = splits
-        return self._splits[key]
+        return cached_splits(self._splits, cfg, find_mask_splits, "masks")
 
     # --- data ---------------------------------------------------------------------------------------------
     def build_datasets(self, cfg: TrainConfig) -> tuple[Dataset[Any], Dataset[Any], list[str]]:
