@@ -84,3 +84,20 @@ def test_full_weights_with_another_class_count_reinitialise_only_the_heads(tmp_p
     assert all(p.requires_grad for p in model.classifier.parameters())
     with pytest.raises(ValueError, match="freeze_backbone"):
         build_segmenter("lraspp_mobilenet_v3_large", 3, freeze_backbone=True)
+
+
+@pytest.mark.parametrize("name", ["shape-crops", "shapes-seg", "shapes-instances"])
+def test_segmentation_recipes_parse_back_to_their_configs(name: str) -> None:
+    from training import cli
+    from training.config import TrainConfig
+    from training.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    commands = recipe.commands()
+    args = cli.build_parser().parse_args(commands[1])
+    given = {f: getattr(args, d) for d, f in cli._TRAIN_FIELDS.items() if getattr(args, d) is not None}
+    assert TrainConfig(**given) == recipe.config()
+    assert commands[0][:3] == ["data", "demo", recipe.demo_task]
+    assert len(commands) == (3 if recipe.export else 2)  # the pretraining run is not exported
+    arch = recipe.train["arch"]
+    assert arch in (SEGMENTERS if recipe.train["task"] == "segmentation" else INSTANCE_ARCHS) or name == "shape-crops"

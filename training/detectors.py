@@ -189,19 +189,20 @@ def build_detector(
     if num_classes < 1:
         raise ValueError(f"a detector needs at least 1 class, got {num_classes}")
     kind, source = parse_weights(weights)
+    if freeze_backbone and kind == "none":
+        raise ValueError("freeze_backbone without pretrained weights would train heads on random features")
+    # Read the weights before building: a missing file fails at once, not after a model's construction.
+    state = resolve_weights(source, spec.backbone if kind == "backbone" else arch) if load_weights else None
     outputs = num_classes + int(spec.background)
     builder = get_model_builder(arch)
     if kind == "backbone":
-        state = resolve_weights(source, spec.backbone) if load_weights else None
         enum = get_model_weights(spec.backbone).DEFAULT  # only names the cache file; our state is served
         with _offline_hub(enum, backbone_state(spec.backbone, state)):
             model = builder(weights=None, weights_backbone=enum, num_classes=outputs)
     else:
         model = builder(weights=None, weights_backbone=None, num_classes=outputs)
-        if kind == "detector" and load_weights:
-            detector_state = resolve_weights(source, arch)
-            assert detector_state is not None
-            _load_detector_state(model, arch, outputs, detector_state)
+        if state is not None:
+            _load_detector_state(model, arch, outputs, state)
             if spec.lock_bn:
                 lock_batchnorm(model.get_submodule(spec.body))
     model.transform = letterboxed(model.transform)
@@ -211,8 +212,6 @@ def build_detector(
             raise AttributeError(f"{arch} has no postprocessing setting {name!r}")
         setattr(postprocess, name, value)
     if freeze_backbone:
-        if kind == "none":
-            raise ValueError("freeze_backbone without pretrained weights would train heads on random features")
         body = model.get_submodule(spec.body)
         lock_batchnorm(body)
         for param in body.parameters():

@@ -1,7 +1,8 @@
 """Export a finished run to `repository/NAME/VERSION/{model.onnx,model.json}`, verified before publishing.
 
 The graph takes uint8 pixels (normalization is inside it), has a dynamic batch dimension, and must match
-PyTorch within the task's tolerance under ONNX Runtime on batches of 1 and 7; otherwise nothing is written.
+PyTorch within the task's tolerance under ONNX Runtime on batches of 1 and 7 (the task's `parity_batch_sizes`);
+otherwise nothing is written.
 """
 
 from __future__ import annotations

@@ -3,21 +3,19 @@
 A recipe renders itself as the `optic` command sequence (for the Makefile and README), and tests check the
 commands parse back to the same TrainConfig, so the documented commands and the recipe cannot drift.
 
-The digits classifier (models/digits/1):
+`python -m training.recipes --print [NAME ...]` prints them; `make demo-models REPOSITORY=DIR` runs them all
+on a clean checkout (no data/ or runs/ yet: demo data and runs are never overwritten, nor are published
+versions, so point REPOSITORY at an empty folder to rebuild beside the committed models).
 
-    optic data demo classification --out data/demo-cls
-    optic train --task classification --data data/demo-cls --arch mobilenet_v3_small --weights none \
-        --epochs 10 --batch-size 32 --lr 0.003 --bn-momentum 0.1 --image-size 64 64 --seed 0 \
-        --out runs --name digits-mobilenet_v3_small
-    optic export runs/digits-mobilenet_v3_small --name digits --version 1 --repository models
+- digits -> models/digits/1 (classification, mobilenet_v3_small)
+- shapes -> models/shapes/2 (detection, ssdlite320_mobilenet_v3_large)
+- shape-crops: a pretraining run, not exported. A MobileNetV3 classifier of the detection demo's object crops
+  whose weights start shapes-seg's backbone (from scratch, LR-ASPP learns where the objects are long before it
+  learns which shape they are). It must run before shapes-seg; sorted order does that.
+- shapes-seg -> models/shapes-seg/2 (semantic segmentation, lraspp_mobilenet_v3_large)
+- shapes-instances -> models/shapes-instances/2 (instance segmentation, optic's slim Mask R-CNN)
 
-The shapes detector (models/shapes/1):
-
-    optic data demo detection --out data/demo-det
-    optic train --task detection --data data/demo-det --arch ssdlite320_mobilenet_v3_large --weights none \
-        --epochs 20 --batch-size 16 --lr 0.003 --warmup-epochs 1 --bn-momentum 0.1 --image-size 320 320 \
-        --seed 0 --out runs --name shapes-ssdlite320_mobilenet_v3_large
-    optic export runs/shapes-ssdlite320_mobilenet_v3_large --name shapes --version 1 --repository models
+Version 1 of the three shapes models were snapshots of unfinished runs; version 2 is each recipe run to the end.
 """
 
 from __future__ import annotations
@@ -39,6 +37,8 @@ class Recipe:
     export_version: str
     # TrainConfig fields; everything else keeps the TrainConfig default.
     train: dict[str, Any] = field(default_factory=dict)
+    demo_out: Path | None = None  # where the demo is written, when `data` is a folder inside it
+    export: bool = True  # False: a pretraining run that another recipe's weights point at
 
     @property
     def run_name(self) -> str:
@@ -59,8 +59,11 @@ class Recipe:
             else:
                 train += [flag, "none" if value is None else str(value)]
         train += ["--out", str(out), "--name", self.run_name]
+        demo = ["data", "demo", self.demo_task, "--out", str(self.demo_out or self.data)]
+        if not self.export:
+            return [demo, train]
         return [
-            ["data", "demo", self.demo_task, "--out", str(self.data)],
+            demo,
             train,
             [
                 "export",
@@ -103,7 +106,7 @@ RECIPES: dict[str, Recipe] = {
         demo_task="detection",
         data=Path("data/demo-det"),
         export_name="shapes",
-        export_version="1",
+        export_version="2",
         train={
             "task": "detection",
             "arch": "ssdlite320_mobilenet_v3_large",  # ~2.3 M parameters: a ~9 MB ONNX file
@@ -117,6 +120,67 @@ RECIPES: dict[str, Recipe] = {
             "bn_momentum": 0.1,
             "image_size": (320, 320),  # the demo photos are at most 320 px: letterboxed at scale ~1
             "seed": 0,
+        },
+    ),
+    "shape-crops": Recipe(
+        name="shape-crops",
+        demo_task="detection",
+        demo_out=Path("data/demo-crops"),
+        data=Path("data/demo-crops/crops"),  # the detection demo's objects cut out, plus background patches
+        export_name="",
+        export_version="",
+        export=False,
+        train={
+            "task": "classification",
+            "arch": "mobilenet_v3_large",  # the backbone of lraspp_mobilenet_v3_large
+            "weights": None,
+            "epochs": 30,  # ~99% val top-1 on the five classes
+            "batch_size": 32,
+            "lr": 0.003,
+            "bn_momentum": 0.1,
+            "image_size": (64, 64),
+            "seed": 0,
+            "workers": 1,  # worker processes draw augmentations from their own seeded streams
+        },
+    ),
+    "shapes-seg": Recipe(
+        name="shapes-seg",
+        demo_task="segmentation",
+        data=Path("data/demo-seg"),
+        export_name="shapes-seg",
+        export_version="2",
+        train={
+            "task": "segmentation",
+            "arch": "lraspp_mobilenet_v3_large",  # ~3.2 M parameters: a ~13 MB ONNX file
+            # shape-crops' classifier; the path assumes the default --out runs.
+            "weights": "backbone:runs/shape-crops-mobilenet_v3_large/best.pt",
+            "epochs": 30,
+            "batch_size": 8,
+            "lr": 0.003,
+            "bn_momentum": 0.1,
+            "image_size": (160, 160),
+            "seed": 0,
+            "workers": 1,
+        },
+    ),
+    "shapes-instances": Recipe(
+        name="shapes-instances",
+        demo_task="instance-segmentation",
+        data=Path("data/demo-inst"),
+        export_name="shapes-instances",
+        export_version="2",
+        train={
+            "task": "instance-segmentation",
+            # optic's slim Mask R-CNN (training.mask_rcnn): ~3.5 M parameters, a ~14.5 MB ONNX file.
+            "arch": "maskrcnn_mobilenet_v3_large_fpn",
+            "weights": None,  # from scratch: the RoI heads see each object whole, shapes come quickly
+            "epochs": 30,
+            "batch_size": 4,
+            "lr": 0.002,
+            "bn_momentum": 0.1,
+            "image_size": (224, 224),
+            "seed": 0,
+            "workers": 1,
         },
     ),
 }
