@@ -44,7 +44,15 @@ class Server:
 def start_server(repository: Path, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 300) -> Server:
     port = free_port()
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    full_env = {**os.environ, "OPTIC_MODEL_REPOSITORY": str(repository), "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
+    # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts, so
+    # servers sharing the default one (test sessions running side by side) would wipe each other's /metrics.
+    full_env = {
+        **os.environ,
+        "OPTIC_MODEL_REPOSITORY": str(repository),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(log_path.parent / f"bentoml-home-{port}"),
+        **(env or {}),
+    }
     handle = log_path.open("wb")
     process = subprocess.Popen(
         [bentoml, "serve", "service.service:Optic", "--host", "127.0.0.1", "--port", str(port)],

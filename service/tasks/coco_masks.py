@@ -18,7 +18,9 @@ IGNORE_INDEX = 255
 BOUNDS_TOLERANCE_PX = 1.0
 
 
-def check_segmentation_bounds(ann: dict[str, Any], width: int, height: int, path: Path) -> None:
+def check_segmentation_bounds(
+    ann: dict[str, Any], width: int, height: int, path: Path, image_name: str = "its image"
+) -> None:
     """Polygon points outside the image are an annotation error, not something to clip silently."""
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, dict):  # RLE: its size must be the image's
@@ -26,7 +28,7 @@ def check_segmentation_bounds(ann: dict[str, Any], width: int, height: int, path
         if size != [height, width]:
             raise InvalidDataset(
                 f"malformed COCO file {path.name}: annotation {ann.get('id')} RLE size {size} "
-                f"differs from its image's [{height}, {width}]"
+                f"differs from {image_name}'s [{height}, {width}] ([height, width])"
             )
         return
     if not isinstance(segmentation, list) or not all(isinstance(p, list) for p in segmentation):
@@ -40,12 +42,28 @@ def check_segmentation_bounds(ann: dict[str, Any], width: int, height: int, path
         tol = BOUNDS_TOLERANCE_PX
         if xs.min() < -tol or ys.min() < -tol or xs.max() > width + tol or ys.max() > height + tol:
             raise InvalidDataset(
-                f"malformed COCO file {path.name}: annotation {ann.get('id')} has polygon points outside its "
-                f"{width}x{height} image"
+                f"malformed COCO file {path.name}: annotation {ann.get('id')} has polygon points outside "
+                f"{image_name}, {width}x{height}"
             )
 
 
+def upright_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as the service decodes the file (EXIF rotation applied), from its header alone; None
+    where it cannot be read (the evaluation runner then refuses it, naming it)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated a quarter turn
+                width, height = height, width
+    except (OSError, SyntaxError, ValueError):
+        return None
+    return width, height
+
+
 def load_checked_coco(root: Path, metadata: ModelMetadata) -> tuple[Path, dict[str, Any]]:
+    """The COCO file, checked beyond what pycocotools needs: each image's declared size is its file's, and
+    every segmentation fits it. Masks are scored in the file's size, so a wrong declared size would make
+    every IoU of that image silently fail (pycocotools scores masks of different sizes as no overlap)."""
     path = find_coco_json(root)
     try:
         data = json.loads(path.read_text())
@@ -53,9 +71,19 @@ def load_checked_coco(root: Path, metadata: ModelMetadata) -> tuple[Path, dict[s
         raise InvalidDataset(f"malformed COCO file {path.name}: not valid JSON ({exc})") from None
     validate_coco(data, path, need_segmentation=True)
     images = {image["id"]: image for image in data["images"]}
+    for image in data["images"]:
+        declared = (int(image["width"]), int(image["height"]))
+        actual = upright_size(_resolve_image(path.parent, root, image["file_name"]))
+        if actual is not None and actual != declared:
+            raise InvalidDataset(
+                f"malformed COCO file {path.name}: image {image['file_name']} is {actual[0]}x{actual[1]} "
+                f"but the file declares {declared[0]}x{declared[1]}"
+            )
     for ann in data["annotations"]:
         image = images[ann["image_id"]]
-        check_segmentation_bounds(ann, int(image["width"]), int(image["height"]), path)
+        check_segmentation_bounds(
+            ann, int(image["width"]), int(image["height"]), path, f"its image {image['file_name']}"
+        )
     unknown = sorted({c["name"] for c in data["categories"]} - set(metadata.labels))
     if unknown:
         raise InvalidDataset(f"categories not among the model's labels: {', '.join(unknown[:10])}")

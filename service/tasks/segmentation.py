@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.errors import InvalidDataset
 from service.imaging import Geometry
@@ -26,7 +26,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 class SegmentationParams(BaseModel):
     mask_format: MaskFormat = "rle"
-    score_threshold: float | None = None  # accepted for a uniform /segment; semantic maps have no scores
+    # Accepted, and checked as for instance models, for a uniform /segment; semantic maps have no scores.
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     include_background: bool = False
 
 
