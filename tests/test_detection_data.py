@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,14 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from service.errors import InvalidDataset
 from service.imaging import DecodedImage, to_model_input
-from service.metadata import InputSpec, Preprocessing
+from service.metadata import InputSpec, ModelMetadata, Preprocessing
+from service.tasks import get_task
+from service.tasks.base import EvalDataset
 from tests.detection_support import TINY_SPLITS, write_tiny_shapes
 from training.data.coco import read_coco
 from training.data.demo import list_demos, write_demo
 from training.data.demo_detection import CLASSES, place_objects
 from training.data.detection import DetectionDataset, DetectionTrainPreset, find_detection_splits
-from training.data.yolo import label_path, read_names
+from training.data.yolo import label_path, read_names, read_yolo
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +153,90 @@ def test_yolo_label_errors_name_the_line(tmp_path: Path) -> None:
     (tmp_path / "classes.txt").unlink()
     with pytest.raises(FileNotFoundError, match=r"classes\.txt"):
         find_detection_splits(tmp_path)
+
+
+BAD_YOLO_LINES = {
+    "0 0.5 0.5 0.2": "expected `class cx cy w h` (5 columns) or a polygon, got 4 columns",
+    "0 0.5 0.5 0.2 0.2 0.3": "expected `class cx cy w h` (5 columns) or a polygon, got 6 columns",
+    "2 0.5 0.5 0.2 0.2": "class 2 is not among the 2 names",
+    "-1 0.5 0.5 0.2 0.2": "class -1 is not among the 2 names",
+    "0.5 0.5 0.5 0.2 0.2": "class id '0.5' is not an integer",
+    "cat 0.5 0.5 0.2 0.2": "class id 'cat' is not a number",
+    "0 0.5 1.5 0.2 0.2": "coordinate 1.5 is outside [0, 1] (normalized)",
+    "0 -0.1 0.5 0.2 0.2": "coordinate -0.1 is outside [0, 1] (normalized)",
+    "0 0.5 0.5 abc 0.2": "coordinate 'abc' is not a number",
+    "0 0.5 nan 0.2 0.2": "coordinate 'nan' is not a finite number",
+}
+
+
+@pytest.mark.parametrize("line", sorted(BAD_YOLO_LINES))
+def test_bad_yolo_lines_fail_training_and_evaluation_alike(tmp_path: Path, line: str) -> None:
+    """One parser (service.tasks.yolo): training raises ValueError, evaluation a 422 naming file and line."""
+    (tmp_path / "test" / "images").mkdir(parents=True)
+    (tmp_path / "test" / "labels").mkdir()
+    Image.new("RGB", (20, 10)).save(tmp_path / "test" / "images" / "x.jpg")
+    (tmp_path / "classes.txt").write_text("circle\nsquare\n")
+    (tmp_path / "test" / "labels" / "x.txt").write_text(f"0 0.5 0.5 0.2 0.2\n\n{line}\n")
+    problem = BAD_YOLO_LINES[line]
+    with pytest.raises(ValueError, match=re.escape(f"x.txt:3: {problem}")):
+        read_yolo(tmp_path / "test" / "images", ["circle", "square"])
+    with pytest.raises(InvalidDataset) as caught:
+        _load_eval(tmp_path)
+    assert caught.value.message == f"malformed YOLO file test/labels/x.txt:3: {problem}"
+    assert caught.value.status_code == 422 and caught.value.reason == "invalid_dataset"
+
+
+def _load_eval(root: Path, labels: tuple[str, ...] = CLASSES) -> EvalDataset:
+    metadata = ModelMetadata(
+        name="m", version="1", task="detection", labels=list(labels), input=InputSpec(height=64, width=64),
+        outputs=["boxes", "scores", "labels", "num_detections"], opset=17, sha256="0" * 64,
+    )  # fmt: skip
+    return get_task("detection").load_eval_dataset(root.resolve(), metadata)
+
+
+def _boxes(coco: dict) -> list[tuple]:
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    return sorted((a["image_id"], names[a["category_id"]], a["bbox"]) for a in coco["annotations"])
+
+
+def test_yolo_evaluation_ground_truth_is_the_coco_files(shapes: Path, tmp_path: Path) -> None:
+    """Every YOLO layout training reads gives evaluation the COCO file's boxes (pixel xywh), class by name."""
+    coco = _load_eval(shapes)  # COCO wins when both are there; the test split is preferred
+    assert coco.info["format"] == "coco"
+    layouts = {"yaml": tmp_path / "yaml", "classes": tmp_path / "classes", "flat": tmp_path / "flat"}
+    shutil.copytree(shapes, layouts["yaml"], ignore=shutil.ignore_patterns("*.json", "crops", "classes.txt"))
+    shutil.copytree(shapes, layouts["classes"], ignore=shutil.ignore_patterns("*.json", "crops", "*.yaml"))
+    for folder in ("images", "labels"):  # one split, no split folders: images/ + labels/ + classes.txt
+        shutil.copytree(shapes / "test" / folder, layouts["flat"] / "set" / folder)
+    shutil.copy(shapes / "classes.txt", layouts["flat"] / "set")
+    expected_images = {"yaml": "test/images", "classes": "test/images", "flat": "set/images"}
+    for name, root in layouts.items():
+        yolo = _load_eval(root)
+        assert (yolo.info["format"], yolo.info["images"]) == ("yolo", expected_images[name])
+        assert [i.path.name for i in yolo.items] == [i.path.name for i in coco.items]
+        truth, ours = coco.info["coco"], yolo.info["coco"]
+        assert [(im["width"], im["height"]) for im in ours["images"]] == [
+            (im["width"], im["height"]) for im in truth["images"]
+        ]
+        assert _boxes(ours) == _boxes(truth)  # exactly: 6-decimal labels give back whole-pixel boxes
+        our_names = {c["id"]: c["name"] for c in ours["categories"]}
+        assert all(a["area"] == a["bbox"][2] * a["bbox"][3] and a["iscrowd"] == 0 for a in ours["annotations"])
+        assert {CLASSES[i]: our_names[c] for i, c in yolo.info["label_to_category"].items()} == {c: c for c in CLASSES}
+    # Class names map to the model's labels by name, in any order; unknown names are refused.
+    shuffled = _load_eval(layouts["flat"], labels=tuple(reversed(CLASSES)))
+    assert shuffled.info["label_to_category"] == {3 - i: i + 1 for i in range(len(CLASSES))}
+    with pytest.raises(InvalidDataset, match="not among the model's labels: star"):
+        _load_eval(layouts["flat"], labels=CLASSES[:3])
+
+
+def test_evaluation_without_annotations_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (20, 10)).save(tmp_path / "images" / "x.jpg")
+    with pytest.raises(InvalidDataset, match="neither a COCO annotation file"):
+        _load_eval(tmp_path)
+    (tmp_path / "data.yaml").write_text("names: [circle]\nval: images/val\n")
+    with pytest.raises(InvalidDataset, match=r"malformed YOLO file data.yaml: its image folders \(images/val\)"):
+        _load_eval(tmp_path)
 
 
 def test_targets_are_letterboxed_like_the_service(shapes: Path) -> None:

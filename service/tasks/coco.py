@@ -24,8 +24,18 @@ def _fail(path: Path, problem: str) -> InvalidDataset:
     return InvalidDataset(f"malformed COCO file {path.name}: {problem}")
 
 
+def _coco_candidates(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
+def has_coco_json(root: Path) -> bool:
+    return bool(_coco_candidates(root))
+
+
 def find_coco_json(root: Path) -> Path:
-    candidates = sorted(p for p in root.rglob("*.json") if not any(part.startswith(".") for part in p.parts))
+    candidates = _coco_candidates(root)
     for preferred in ("test", "val"):
         for path in candidates:
             if preferred in path.stem or preferred in path.parent.name:
@@ -85,20 +95,24 @@ def load_coco_dataset(root: Path, metadata: ModelMetadata, *, need_segmentation:
     for ann in data["annotations"]:
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-    names = {c["name"]: c["id"] for c in data["categories"]}
+    label_to_category = category_mapping(data["categories"], metadata)
+    items = []
+    for image in data["images"]:
+        file_path = _resolve_image(path.parent, root, image["file_name"])
+        items.append(EvalItem(path=file_path, target=image["id"]))
+    info = {"format": "coco", "annotations": path.name, "coco": data, "label_to_category": label_to_category}
+    return EvalDataset(items=items, info=info)
+
+
+def category_mapping(categories: list[dict[str, Any]], metadata: ModelMetadata) -> dict[int, int]:
+    """Model label index -> category id, matched by name (COCO JSON and YOLO alike); unknown names refused."""
+    names = {c["name"]: c["id"] for c in categories}
     unknown = sorted(set(names) - set(metadata.labels))
     if unknown:
         raise InvalidDataset(
             f"categories not among the model's labels: {', '.join(unknown[:10])}", detail={"labels": metadata.labels}
         )
-    items = []
-    for image in data["images"]:
-        file_path = _resolve_image(path.parent, root, image["file_name"])
-        items.append(EvalItem(path=file_path, target=image["id"]))
-    label_to_category = {i: names[label] for i, label in enumerate(metadata.labels) if label in names}
-    return EvalDataset(
-        items=items, info={"annotations": path.name, "coco": data, "label_to_category": label_to_category}
-    )
+    return {i: names[label] for i, label in enumerate(metadata.labels) if label in names}
 
 
 def _resolve_image(json_dir: Path, root: Path, file_name: str) -> Path:

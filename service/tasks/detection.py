@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from service.errors import InvalidParameter
+from service.errors import InvalidDataset, InvalidParameter
 from service.imaging import Geometry
 from service.metadata import ModelMetadata
 from service.tasks import register_task
 from service.tasks.base import EvalDataset, Outputs, ServeTask
-from service.tasks.coco import load_coco_dataset, public_info, run_cocoeval
+from service.tasks.coco import has_coco_json, load_coco_dataset, public_info, run_cocoeval
+from service.tasks.yolo import NAME_FILES, YAML_FILES, find_yolo_root, load_yolo_dataset
 
 
 class DetectionParams(BaseModel):
@@ -99,7 +100,16 @@ class DetectionTask(ServeTask):
         return {"width": geometry.width, "height": geometry.height, "detections": detections}
 
     def load_eval_dataset(self, root: Path, metadata: ModelMetadata) -> EvalDataset:
-        return load_coco_dataset(root, metadata)
+        """COCO JSON, else YOLO txt (as in training, COCO wins where both are present: it can say iscrowd)."""
+        if has_coco_json(root):
+            return load_coco_dataset(root, metadata)
+        base = find_yolo_root(root)
+        if base is None:
+            raise InvalidDataset(
+                "the archive holds neither a COCO annotation file (*.json) nor a YOLO data set "
+                f"(images/ and labels/ with class names in {' or '.join(YAML_FILES + NAME_FILES)})"
+            )
+        return load_yolo_dataset(root, base, metadata)
 
     def eval_params(self, metadata: ModelMetadata) -> DetectionParams:
         # Everything the graph kept: COCO AP integrates over all scores.
