@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from service.metadata import ModelMetadata
 from tests.detection_support import calibrate_batchnorm, write_tiny_shapes
@@ -143,9 +145,21 @@ def run_dir(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fit(cfg)
 
 
+def assert_plot(path: Path) -> None:
+    """A real figure: a PNG of a sensible size with more on it than a blank canvas."""
+    assert path.is_file(), path.name
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 400 and image.height >= 300, path.name
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colors is not None and len(colors) > 50, path.name  # axes, text, bars or curves
+
+
 def test_train_and_export_end_to_end(run_dir: Path, tmp_path: Path) -> None:
-    for name in ("summary.json", "metrics.csv", "best.pt", "loss.png", "map.png"):
+    for name in ("summary.json", "metrics.csv", "best.pt"):
         assert (run_dir / name).is_file(), name
+    # Loss and mAP curves, per-class AP bars and PR curves of the best model on val and on the test split.
+    for name in ("loss", "map", "class_ap_val", "class_ap_test", "pr_curves_val", "pr_curves_test"):
+        assert_plot(run_dir / f"{name}.png")
     header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train_loss", "train_classification", "train_bbox_regression", "val_map", "val_map50"} <= set(header)
     target = export_onnx(run_dir, "shapes", repository=tmp_path / "models")
@@ -157,7 +171,11 @@ def test_train_and_export_end_to_end(run_dir: Path, tmp_path: Path) -> None:
     assert meta.preprocessing.mean == (0.5, 0.5, 0.5)  # SSDlite's own normalization, inside the graph
     assert meta.params["score_threshold"] == 0.05 and meta.params["max_detections"] == MAX_DETECTIONS
     assert meta.params["nms_iou_threshold"] == 0.55
-    assert {"val_map", "val_map50", "test_map", "test_map50"} <= set(meta.metrics)
+    # Lineage: every number of the run's summary, the held-out test split's included, as trained.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"val_map", "val_map50", "test_map", "test_map50", "test_mar100"} <= set(meta.metrics)
+    assert meta.metrics == summary["metrics"]
+    assert meta.provenance.best_epoch == summary["best_epoch"] and meta.provenance.run_dir == str(run_dir)
     assert "boxes_max_abs_diff_batch8_vs_single" in meta.parity
     session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
     outputs = session.run(OUTPUTS, {"images": np.zeros((2, 3, *SIZE), dtype=np.uint8)})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from tests.segmentation_support import TINY_SPLITS, write_tiny_demo
+from training.config import TrainConfig
 from training.data.demo_segmentation import rasterize
 from training.data.instances import InstanceTrainPreset, find_instance_splits, letterbox_instances
 from training.data.masks import (
@@ -22,6 +25,8 @@ from training.data.masks import (
     decode_segmentation,
     find_mask_splits,
 )
+from training.engine import fit
+from training.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +132,65 @@ def test_semantic_demo_masks_equal_their_polygons_and_rle(semantic_demo: Path) -
             assert set(np.unique(truth).tolist()) <= set(range(5))
             kinds |= {type(a["segmentation"]).__name__ for a in coco.annotations}
     assert kinds == {"list", "dict"}  # polygons, and RLE for the outlines (a third of the objects)
+
+
+def _paint(data: dict[str, Any], image: dict[str, Any], labels: list[str]) -> np.ndarray:
+    """The image's class-index mask, rasterized here straight from its COCO annotations; crowds are 255."""
+    height, width = image["height"], image["width"]
+    classes = {c["id"]: labels.index(c["name"]) for c in data["categories"]}
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    for ann in (a for a in data["annotations"] if a["image_id"] == image["id"]):
+        segmentation = ann["segmentation"]
+        if isinstance(segmentation, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        else:  # the demo's compressed RLE, counts as text
+            rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+        canvas[mask_utils.decode(rle).astype(bool)] = IGNORE_INDEX if ann["iscrowd"] else classes[ann["category_id"]]
+    return canvas
+
+
+def test_semantic_training_from_coco_polygons_alone(semantic_demo: Path, tmp_path: Path) -> None:
+    """Images and a COCO file per split, no masks/ and no classes.txt: the masks come from the polygons/RLE."""
+    root = tmp_path / "coco-only"
+    files = {}
+    for split in TINY_SPLITS:
+        shutil.copytree(semantic_demo / split / "images", root / split / "images")
+        data = json.loads((semantic_demo / split / "annotations.json").read_text())
+        if split == "train":
+            data["annotations"][0]["iscrowd"] = 1  # a crowd region: ignored, not learned
+        (root / split / "annotations.json").write_text(json.dumps(data))
+        files[split] = data
+    splits = find_mask_splits(root)
+    assert splits.layout == "coco" and splits.labels == ["background", "circle", "square", "triangle", "star"]
+    assert (len(splits.train), len(splits.val), len(splits.test or [])) == tuple(TINY_SPLITS.values())
+
+    cfg = TrainConfig(task="segmentation", data=root, image_size=(48, 64), augment="none")
+    train, val, labels = get_task("segmentation").build_datasets(cfg)
+    assert labels == splits.labels
+    crowd = files["train"]["annotations"][0]
+    for dataset, data in ((train, files["train"]), (val, files["val"])):
+        assert isinstance(dataset, SegmentationDataset)
+        full = SegmentationDataset(dataset.samples, (48, 64), labels, full_masks=True)
+        for index, image in enumerate(data["images"]):
+            assert full.samples[index].image.name == Path(image["file_name"]).name
+            expected = _paint(data, image, labels)
+            assert set(np.unique(expected).tolist()) <= {*range(len(labels)), IGNORE_INDEX}
+            _, small, info = full[index]
+            assert np.array_equal(info["full_mask"], expected)  # exact, at the image's own size
+            _, trained_on, _ = dataset[index]
+            assert torch.equal(trained_on, small) and small.shape == (48, 64)  # what the loss sees
+            if image["id"] == crowd["image_id"] and data is files["train"]:
+                region = decode_segmentation(crowd["segmentation"], image["height"], image["width"])
+                assert (expected == IGNORE_INDEX).sum() == region.sum() > 0  # objects never overlap
+                assert (small == IGNORE_INDEX).any()
+            else:
+                assert not (expected == IGNORE_INDEX).any()
+
+    tiny = {"epochs": 1, "batch_size": 2, "image_size": (32, 32), "max_samples": 2, "device": "cpu"}
+    run = fit(TrainConfig(task="segmentation", data=root, arch="lraspp_mobilenet_v3_large", out=tmp_path, **tiny))
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"val_miou", "test_miou"} <= set(summary["metrics"])
+    assert json.loads((run / "config.json").read_text())["labels"] == labels
 
 
 def test_instance_demo_annotations_are_exact(instance_demo: Path) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
+from PIL import Image
 
 from service.metadata import ModelMetadata
 from service.tasks.instance_segmentation import paste_mask
 from tests.segmentation_support import untrained_run, write_tiny_demo
+from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.engine import fit
 from training.export import export_onnx
@@ -28,12 +33,23 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {task: write_tiny_demo(task, root / task) for task in ("segmentation", "instance-segmentation")}
 
 
+def semantic_cfg(data: Path, out: Path, name: str, epochs: int = 1) -> TrainConfig:
+    return TrainConfig(task="segmentation", data=data, arch="lraspp_mobilenet_v3_large", epochs=epochs,
+                       batch_size=2, image_size=(48, 64), max_samples=4, out=out, name=name, device="cpu")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def semantic_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = TrainConfig(task="segmentation", data=data["segmentation"], arch="lraspp_mobilenet_v3_large", epochs=1,
-                      batch_size=2, image_size=(48, 64), max_samples=4, out=tmp_path_factory.mktemp("runs"),
-                      name="seg", device="cpu")  # fmt: skip
-    return fit(cfg)
+    return fit(semantic_cfg(data["segmentation"], tmp_path_factory.mktemp("runs"), "seg"))
+
+
+def assert_plot(path: Path) -> None:
+    """A real figure: a PNG of a sensible size with more on it than a blank canvas."""
+    assert path.is_file(), path.name
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 400 and image.height >= 300, path.name
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colors is not None and len(colors) > 50, path.name  # axes, text, bars or curves
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +72,20 @@ def _session(target: Path) -> ort.InferenceSession:
 
 
 def test_semantic_run_reports_miou_and_exports_a_class_map(semantic_run: Path, tmp_path: Path) -> None:
-    assert {"best.pt", "summary.json", "metrics.csv", "loss.png", "miou.png", "class_iou_val.png"} <= {
-        p.name for p in semantic_run.iterdir()
-    }
+    assert {"best.pt", "summary.json", "metrics.csv"} <= {p.name for p in semantic_run.iterdir()}
+    for split in ("val", "test"):  # the best model on both held-out splits
+        assert_plot(semantic_run / f"class_iou_{split}.png")
+        assert_plot(semantic_run / f"confusion_{split}.png")
+    assert_plot(semantic_run / "loss.png")
+    assert_plot(semantic_run / "miou.png")
     target = export_onnx(semantic_run, "seg", repository=tmp_path / "models")
     meta = ModelMetadata.read(target / "model.json")
     assert meta.task == "segmentation" and meta.labels == ["background", *SHAPES]
     assert meta.outputs == ["class_map"] and meta.params == {"background_class": 0, "ignore_index": 255}
     assert (meta.input.height, meta.input.width, meta.input.dynamic_batch) == (48, 64, True)
     assert meta.preprocessing.resize == "stretch" and meta.preprocessing.in_graph
-    assert {"val_miou", "test_miou", "test_pixel_accuracy"} <= set(meta.metrics)
+    assert {"val_miou", "test_miou", "test_pixel_accuracy", "test_mean_dice"} <= set(meta.metrics)
+    assert meta.metrics == json.loads((semantic_run / "summary.json").read_text())["metrics"]  # test split too
     assert set(meta.parity) == {"class_map_mismatch_batch1", "class_map_mismatch_batch7"}
     assert max(meta.parity.values()) <= 1e-3
     session = _session(target)
@@ -144,4 +164,45 @@ def test_instance_training_scores_mask_ap(data: dict[str, Path], tmp_path: Path)
     summary = (run_dir / "summary.json").read_text()
     for key in ("val_mask_map", "val_mask_map50", "test_mask_map50", "test_map"):
         assert f'"{key}"' in summary
-    assert {"loss.png", "mask_map.png"} <= {p.name for p in run_dir.iterdir()}
+    for name in ("loss", "mask_map", "class_mask_ap_val", "class_mask_ap_test", "mask_pr_curves_val",
+                 "mask_pr_curves_test"):  # fmt: skip
+        assert_plot(run_dir / f"{name}.png")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_semantic_resume_is_exact_and_best_pt_holds_the_best_epoch(data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = semantic_cfg(data["segmentation"], tmp_path, "interrupted", epochs=2)
+
+    def stop_after_first(epoch: int, row: dict[str, object]) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(cfg, on_epoch_end=stop_after_first)
+    after_one = load_checkpoint(tmp_path / "interrupted" / "last.pt")
+    assert after_one["epoch"] == 1 and not (tmp_path / "interrupted" / "summary.json").exists()
+    resumed = fit(TrainConfig(resume=tmp_path / "interrupted", device="cpu"))
+    straight = fit(replace(cfg, name="straight"))
+
+    rows = {run: json.loads((run / "metrics.json").read_text()) for run in (resumed, straight)}
+    assert [row["epoch"] for row in rows[resumed]] == [1, 2]
+    for ours, theirs in zip(rows[resumed], rows[straight], strict=True):
+        assert {k: v for k, v in ours.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}
+    last = {run: load_checkpoint(run / "last.pt") for run in (resumed, straight)}
+    for key, value in last[straight]["model"].items():
+        assert torch.equal(last[resumed]["model"][key], value), key
+
+    # best.pt: the epoch with the highest val mIoU (the first one on a tie), with that epoch's weights.
+    for run, history in rows.items():
+        best_epoch = max(history, key=lambda row: (row["val_miou"], -row["epoch"]))["epoch"]
+        best = load_checkpoint(run / "best.pt")
+        summary = json.loads((run / "summary.json").read_text())
+        assert best["epoch"] == summary["best_epoch"] == last[run]["best_epoch"] == best_epoch
+        assert best["metrics"]["val_miou"] == max(row["val_miou"] for row in history)
+        weights = after_one["model"] if best_epoch == 1 else last[run]["model"]
+        assert all(torch.equal(best["model"][key], value) for key, value in weights.items())
+        if best_epoch == 1:  # (this tiny run ties: epoch 2 trained on, yet best.pt kept epoch 1)
+            assert not all(torch.equal(best["model"][k], v) for k, v in last[run]["model"].items())

@@ -1,4 +1,4 @@
-"""COCO box metrics with pycocotools (the scorer `optic eval` uses), per-class AP and PR curves, and their plots.
+"""COCO box and mask metrics with pycocotools (the scorer `optic eval` uses), per-class AP, PR curves, plots.
 
 Predictions are scored in original-image pixels, mapped back from the letterbox exactly as the service maps
 them (`service.tasks.detection.to_image_boxes`), against the split's full COCO ground truth (crowd regions
@@ -7,8 +7,6 @@ included), so the numbers training reports are the numbers `optic eval` reproduc
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from service.imaging import Geometry
-from service.tasks.coco import SUMMARY_NAMES
+from service.tasks.coco import run_cocoeval
 from service.tasks.detection import to_image_boxes
 
 # COCOeval summary name -> metric key; `map` (AP@[.5:.95]) is the detection task's primary metric.
@@ -59,47 +57,24 @@ def score_coco(
     detections: list[dict[str, Any]],
     names: dict[int, str],
     label_to_category: dict[int, int],
+    iou_type: str = "bbox",
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """(metrics, details): the summary as metric keys; per-class AP/AP50 and PR curves at IoU 0.5."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    """(metrics, details): the service's COCOeval (`run_cocoeval`, what `optic eval` runs) as training metric
+    keys, plus per-class AP/AP50 and PR curves at IoU 0.5 for the classes the split has ground truth for.
 
-    # COCOeval writes flags into the annotation dicts; score a copy so the split's ground truth stays clean.
-    data = {**ground_truth, "annotations": [dict(a) for a in ground_truth["annotations"]]}
-    zero = {key: 0.0 for key in METRIC_KEYS.values()}
+    `iou_type` is COCOeval's: "bbox" for boxes, "segm" for masks (detections then carry RLE `segmentation`).
+    """
     if not detections:
-        return zero, {"per_class": [], "pr_curves": {}, "num_detections": 0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = data
-        coco.createIndex()
-        evaluator = COCOeval(coco, coco.loadRes(detections), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    summary = dict(zip(SUMMARY_NAMES, (float(v) for v in evaluator.stats), strict=True))
+        return {key: 0.0 for key in METRIC_KEYS.values()}, {"per_class": [], "pr_curves": {}, "num_detections": 0}
+    labels = [names.get(label, "") for label in range(max(label_to_category, default=-1) + 1)]
+    report = run_cocoeval(ground_truth, detections, iou_type, labels, label_to_category, curves=True)
+    summary = report["summary"]
     # -1 means "no ground truth in that area range": absent, not zero.
     metrics = {key: summary[name] for name, key in METRIC_KEYS.items() if summary[name] >= 0}
-    precision = evaluator.eval["precision"]  # [IoU, recall threshold, class, area range, max detections]
-    recall_points = np.asarray(evaluator.params.recThrs)
-    column = {category: k for k, category in enumerate(evaluator.params.catIds)}
-    per_class, curves = [], {}
-    for label, category in sorted(label_to_category.items()):
-        k = column.get(category)
-        if k is None:
-            continue
-        every_iou, at_50 = precision[:, :, k, 0, -1], precision[0, :, k, 0, -1]
-        if not (at_50 > -1).any():
-            continue  # no ground truth of this class in the split
-        per_class.append(
-            {
-                "label": names[label],
-                "AP": float(np.mean(every_iou[every_iou > -1])),
-                "AP50": float(np.mean(at_50[at_50 > -1])),
-            }
-        )
-        curves[names[label]] = (recall_points.tolist(), np.clip(at_50, 0, 1).tolist())
-    return metrics, {"per_class": per_class, "pr_curves": curves, "num_detections": len(detections)}
+    present = [row for row in report["per_class"] if row["AP50"] >= 0]  # -1: no ground truth of that class
+    per_class = [{"label": row["label"], "AP": row["AP"], "AP50": row["AP50"]} for row in present]
+    curves = {row["label"]: (row["pr_curve"]["recall"], row["pr_curve"]["precision"]) for row in present}
+    return metrics, {"per_class": per_class, "pr_curves": curves, "num_detections": report["num_detections"]}
 
 
 def _save(fig: Figure, path: Path) -> Path:

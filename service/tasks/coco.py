@@ -135,14 +135,20 @@ def run_cocoeval(
     iou_type: str,
     labels: list[str],
     label_to_category: dict[int, int],
+    *,
+    curves: bool = False,
 ) -> dict[str, Any]:
-    """COCOeval's twelve summary numbers, plus per-class AP and AP50 read from its precision array."""
+    """COCOeval's twelve summary numbers, plus per-class AP and AP50 read from its precision array.
+
+    `curves`: also each class's precision at COCO's 101 recall points, IoU 0.5 (training's PR-curve plots).
+    The caller's ground truth is left as it was (COCOeval writes flags into annotation dicts).
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         ground_truth = COCO()
-        ground_truth.dataset = coco_data
+        ground_truth.dataset = {**coco_data, "annotations": [dict(a) for a in coco_data["annotations"]]}
         ground_truth.createIndex()
         if not detections:
             return {"summary": dict.fromkeys(SUMMARY_NAMES, 0.0), "per_class": [], "num_detections": 0}
@@ -167,4 +173,9 @@ def run_cocoeval(
             "AP": float(np.mean(all_ious[all_ious > -1])) if (all_ious > -1).any() else -1.0,
             "AP50": float(np.mean(at_50[at_50 > -1])) if (at_50 > -1).any() else -1.0,
         })  # fmt: skip
+        if curves:
+            per_class[-1]["pr_curve"] = {
+                "recall": [float(r) for r in evaluator.params.recThrs],
+                "precision": [float(p) for p in np.clip(at_50, 0, 1)],
+            }
     return {"summary": summary, "per_class": per_class, "num_detections": len(detections)}

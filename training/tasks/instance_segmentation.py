@@ -8,7 +8,8 @@ The served graph (service/tasks/instance_segmentation.py is the other side of th
   pasting K full-size masks inside the graph would make its output K x H x W floats.
 Everything else is detection's: the one-image graph looped over N in ONNX (truly dynamic batch), the
 letterbox, the parity rules. Training evaluates exactly what the service will answer: mask probabilities
-pasted by the service's function at the original size, scored by the service's COCOeval (segm and bbox).
+pasted by the service's function at the original size, scored by pycocotools' COCOeval (segm and bbox), as
+`optic eval` scores them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import MaskRCNN
 
-from service.tasks.coco import run_cocoeval
 from service.tasks.detection import to_image_boxes
 from service.tasks.instance_segmentation import MASK_THRESHOLD, paste_mask
 from service.tasks.masks import encode_rle
@@ -32,7 +32,7 @@ from training import plots
 from training.config import RunConfig, TrainConfig
 from training.data.annotations import DetectionSplits
 from training.data.instances import InstanceDataset, InstanceTrainPreset, find_instance_splits
-from training.detection_eval import plot_class_ap
+from training.detection_eval import plot_class_ap, plot_pr_curves, score_coco
 from training.detectors import postprocess_settings
 from training.mask_rcnn import build_instance_model
 from training.tasks import register_task
@@ -179,24 +179,25 @@ class InstanceSegmentationTask(DetectionTask):
                     }
                     segm.append({**common, "segmentation": encode_rle(mask)})
                     bbox.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
-        labels = [""] * (max(split.label_to_category, default=-1) + 1)
-        names = {c["id"]: str(c["name"]) for c in split.coco["categories"]}
-        for label, category in split.label_to_category.items():
-            labels[label] = names[category]
-        ground_truth = {**split.coco, "annotations": [dict(a) for a in split.coco["annotations"]]}
-        reports = {kind: run_cocoeval(ground_truth, found, kind, labels, split.label_to_category)
-                   for kind, found in (("segm", segm), ("bbox", bbox))}  # fmt: skip
-        segm_summary, bbox_summary = reports["segm"]["summary"], reports["bbox"]["summary"]
+        category_names = {c["id"]: str(c["name"]) for c in split.coco["categories"]}
+        names = {label: category_names[category] for label, category in split.label_to_category.items()}
+        # pycocotools' COCOeval, as `optic eval` runs it on the same results; plus per-class PR curves at IoU 0.5.
+        mask_metrics, mask_details = score_coco(split.coco, segm, names, split.label_to_category, "segm")
+        box_metrics, box_details = score_coco(split.coco, bbox, names, split.label_to_category, "bbox")
         metrics = {
-            "mask_map": segm_summary["AP"],
-            "mask_map50": segm_summary["AP50"],
-            "mask_map75": segm_summary["AP75"],
-            "map": bbox_summary["AP"],
-            "map50": bbox_summary["AP50"],
+            "mask_map": mask_metrics.get("map", 0.0),
+            "mask_map50": mask_metrics.get("map50", 0.0),
+            "mask_map75": mask_metrics.get("map75", 0.0),
+            "map": box_metrics.get("map", 0.0),
+            "map50": box_metrics.get("map50", 0.0),
         }
         return Evaluation(
             metrics={key: max(0.0, value) for key, value in metrics.items()},  # -1: "no ground truth"
-            details={"per_class": reports["segm"]["per_class"], "box_per_class": reports["bbox"]["per_class"]},
+            details={
+                "per_class": mask_details["per_class"],
+                "pr_curves": mask_details["pr_curves"],
+                "box_per_class": box_details["per_class"],
+            },
         )
 
     # --- export -------------------------------------------------------------------------------------------
@@ -251,7 +252,13 @@ class InstanceSegmentationTask(DetectionTask):
         keys = ["val_mask_map", "val_mask_map50", "val_map", "val_map50"]
         plots.plot_curves(run_dir / "mask_map.png", history, keys, ylabel="COCO AP (val)")
         for split, details in eval_details.items():
-            rows = [row for row in details.get("per_class", []) if row["AP"] >= 0]
             plot_class_ap(
-                run_dir / f"class_mask_ap_{split}.png", rows, title=f"mask AP per class ({split}, best epoch)"
+                run_dir / f"class_mask_ap_{split}.png",
+                details.get("per_class", []),
+                title=f"mask AP per class ({split}, best epoch)",
+            )
+            plot_pr_curves(
+                run_dir / f"mask_pr_curves_{split}.png",
+                details.get("pr_curves", {}),
+                title=f"mask precision-recall at IoU 0.5 ({split}, best epoch)",
             )
