@@ -70,8 +70,11 @@ class OpticMiddleware:
                     raise _BodyTooLarge
             return message
 
+        held: Message | None = None  # a framework error's start, held until its body has its reason added
+        chunks: list[bytes] = []
+
         async def counting_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, held
             if over_limit:
                 return  # the 413 below replaces whatever the app makes of the cut-off body
             if message["type"] == "http.response.start":
@@ -79,10 +82,23 @@ class OpticMiddleware:
                 status = message["status"]
                 if status >= 400:
                     headers = dict(message.get("headers") or [])
-                    reason = headers.get(REASON_HEADER, b"").decode() or _STATUS_REASONS.get(
+                    ours = headers.get(REASON_HEADER, b"").decode()
+                    reason = ours or _STATUS_REASONS.get(
                         status, "internal_error" if status >= 500 else "invalid_request"
                     )
                     self.count_error(path, reason)
+                    if not ours and status < 500:  # BentoML's own validation error: give it our shape
+                        held = {**message, "reason": reason}
+                        return
+            elif held is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                start, body = _with_reason(held, b"".join(chunks))
+                held = None
+                await send(start)
+                await send({"type": "http.response.body", "body": body})
+                return
             await send(message)
 
         with contextlib.suppress(_BodyTooLarge):
@@ -111,3 +127,23 @@ class OpticMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _with_reason(start: Message, body: bytes) -> tuple[Message, bytes]:
+    """A JSON error body from the framework, with `reason` added (as optic's own errors carry it)."""
+    reason = start.pop("reason")
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = {"error": body.decode(errors="replace").strip() or "invalid request"}
+    if isinstance(payload, dict):
+        payload.setdefault("error", payload.get("detail") or "invalid request")
+        payload.setdefault("reason", reason)
+    body = json.dumps(payload).encode()
+    headers = [(k, v) for k, v in start.get("headers") or [] if k.lower() not in (b"content-length", b"content-type")]
+    headers += [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (REASON_HEADER, reason.encode()),
+    ]
+    return {**start, "headers": headers}, body

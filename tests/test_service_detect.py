@@ -382,7 +382,7 @@ def test_bad_detect_input_is_refused(server: Server, detector: dict, det_data: P
 
 def test_unparsable_threshold_is_refused(server: Server, detector: dict, det_data: Path) -> None:
     """A score_threshold that is not a number never reaches the service: BentoML's own form validation
-    answers 400 JSON naming the field (its body has no `reason` key); the errors metric counts it."""
+    answers 400 JSON naming the field; the middleware adds optic's `reason`, and the errors metric counts it."""
     before = metric_value(get_metrics(server.url), "optic_errors_total", endpoint="/detect", reason="invalid_request")
     response = httpx.post(
         f"{server.url}/detect", files=[("images", ("a.png", _png(), "image/png"))], data={"score_threshold": "abc"}
@@ -390,6 +390,8 @@ def test_unparsable_threshold_is_refused(server: Server, detector: dict, det_dat
     assert response.status_code == 400, response.text
     body = response.json()
     assert "validation error" in body["error"]
+    assert body["reason"] == "invalid_request"
+    assert response.headers["content-type"] == "application/json"
     assert [(d["loc"], d["type"]) for d in body["detail"]] == [(["score_threshold"], "float_parsing")]
     after = metric_value(get_metrics(server.url), "optic_errors_total", endpoint="/detect", reason="invalid_request")
     assert after == before + 1
