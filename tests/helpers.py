@@ -47,3 +47,23 @@ def targz_tree(root: Path) -> bytes:
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(root, arcname=root.name)
     return buffer.getvalue()
+
+
+def zip_members(members: dict[str, bytes]) -> bytes:
+    """A zip archive of these names and contents (archive tests that need exact member names)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def assert_plot(path: Path) -> None:
+    """A real figure: a PNG of a sensible size with more on it than a blank canvas."""
+    from PIL import Image
+
+    assert path.is_file(), path.name
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= 400 and image.height >= 300, path.name
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colors is not None and len(colors) > 50, path.name  # axes, text, bars or curves

@@ -11,10 +11,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from PIL import Image
 
 from service.metadata import ModelMetadata
 from tests.detection_support import calibrate_batchnorm, write_tiny_shapes
+from tests.helpers import assert_plot
 from training.config import TrainConfig
 from training.data.detection import find_detection_splits, letterbox_sample
 from training.engine import fit
@@ -143,15 +143,6 @@ def run_dir(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = TrainConfig(task="detection", data=shapes, arch="ssdlite320_mobilenet_v3_large", weights=None, epochs=1,
                       batch_size=3, image_size=SIZE, out=out, name="tiny", device="cpu")  # fmt: skip
     return fit(cfg)
-
-
-def assert_plot(path: Path) -> None:
-    """A real figure: a PNG of a sensible size with more on it than a blank canvas."""
-    assert path.is_file(), path.name
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.width >= 400 and image.height >= 300, path.name
-        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colors is not None and len(colors) > 50, path.name  # axes, text, bars or curves
 
 
 def test_train_and_export_end_to_end(run_dir: Path, tmp_path: Path) -> None:

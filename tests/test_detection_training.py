@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import get_model_builder, get_weight
+from torchvision.models import get_model_builder
 
 from tests.detection_support import write_tiny_shapes
+from tests.weights_support import hub_file, random_state
 from training import cli
 from training.config import TrainConfig
 from training.data.detection import DetectionDataset, find_detection_splits
@@ -29,7 +28,7 @@ from training.detectors import (
 from training.recipes import get_recipe
 from training.tasks import list_tasks
 from training.tasks.detection import label_offset
-from training.weights import WeightsNotFoundError, hub_cache_path
+from training.weights import WeightsNotFoundError
 
 REQUIRED = {
     "fasterrcnn_mobilenet_v3_large_fpn",
@@ -104,31 +103,13 @@ def test_weights_never_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert torch.hub.get_dir() == str(tmp_path / "torch" / "hub")  # the private hub cache left no trace
 
 
-def _hub_file(torch_home: Path, weights: str) -> Path:
-    """Where torchvision's own download would have put `weights` under $TORCH_HOME, folder created."""
-    enum = get_weight(weights)
-    path = torch_home / "hub" / "checkpoints" / os.path.basename(urlparse(enum.url).path)
-    assert hub_cache_path(enum) == path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _random_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`model`'s layout with values no initialiser produces (BatchNorm statistics included)."""
-    generator = torch.Generator().manual_seed(1)
-    return {
-        key: torch.rand(value.shape, generator=generator) + 0.5 if value.is_floating_point() else value.clone()
-        for key, value in model.state_dict().items()
-    }
-
-
 def test_detector_weights_from_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     arch = "fasterrcnn_mobilenet_v3_large_fpn"
     coco = get_model_builder(arch)(weights=None, weights_backbone=None, num_classes=91)  # COCO's layout
     # torchvision's pretrained R-CNNs use FrozenBatchNorm2d: their files have no num_batches_tracked.
-    state = {k: v for k, v in _random_state(coco).items() if not k.endswith("num_batches_tracked")}
-    torch.save(state, _hub_file(tmp_path / "torch", "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1"))
+    state = {k: v for k, v in random_state(coco).items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, hub_file(tmp_path / "torch", "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1"))
     heads = ("roi_heads.box_predictor.cls_score.", "roi_heads.box_predictor.bbox_pred.")
     for spec in ("COCO_V1", "FasterRCNN_MobileNet_V3_Large_FPN_Weights.DEFAULT"):
         model: Any = build_detector(arch, 3, spec)
@@ -150,8 +131,8 @@ def test_backbone_weights_from_the_classifier_in_the_torch_hub_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    state = _random_state(torchvision.models.mobilenet_v3_large(weights=None))  # the ImageNet file's layout
-    torch.save(state, _hub_file(tmp_path / "torch", "MobileNet_V3_Large_Weights.IMAGENET1K_V1"))
+    state = random_state(torchvision.models.mobilenet_v3_large(weights=None))  # the ImageNet file's layout
+    torch.save(state, hub_file(tmp_path / "torch", "MobileNet_V3_Large_Weights.IMAGENET1K_V1"))
     model: Any = build_detector(SMALL, 2, "backbone:IMAGENET1K_V1")
     # SSDlite regroups the classifier's `features` (split at C4), in the same order: every tensor is the file's.
     ours = list(model.backbone.features.state_dict().values())

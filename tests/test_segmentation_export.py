@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from PIL import Image
 
 from service.metadata import ModelMetadata
 from service.tasks.instance_segmentation import paste_mask
+from tests.helpers import assert_plot
 from tests.segmentation_support import untrained_run, write_tiny_demo
 from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
@@ -41,15 +41,6 @@ def semantic_cfg(data: Path, out: Path, name: str, epochs: int = 1) -> TrainConf
 @pytest.fixture(scope="module")
 def semantic_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fit(semantic_cfg(data["segmentation"], tmp_path_factory.mktemp("runs"), "seg"))
-
-
-def assert_plot(path: Path) -> None:
-    """A real figure: a PNG of a sensible size with more on it than a blank canvas."""
-    assert path.is_file(), path.name
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.width >= 400 and image.height >= 300, path.name
-        colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colors is not None and len(colors) > 50, path.name  # axes, text, bars or curves
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import get_model_builder, get_weight
+from torchvision.models import get_model_builder
 
+from tests.weights_support import hub_file, random_state
 from training.mask_rcnn import INSTANCE_ARCHS, build_instance_model
 from training.models import build_classifier
 from training.segmenters import SEGMENTERS, build_segmenter
-from training.weights import hub_cache_path
 
 SEMANTIC = ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "fcn_resnet50"]
 INSTANCE = ["maskrcnn_mobilenet_v3_large_fpn", "maskrcnn_resnet50_fpn_v2"]
@@ -91,24 +89,6 @@ def test_full_weights_with_another_class_count_reinitialise_only_the_heads(tmp_p
         build_segmenter("lraspp_mobilenet_v3_large", 3, freeze_backbone=True)
 
 
-def _hub_file(torch_home: Path, weights: str) -> Path:
-    """Where torchvision's own download would have put `weights` under $TORCH_HOME, folder created."""
-    enum = get_weight(weights)
-    path = torch_home / "hub" / "checkpoints" / os.path.basename(urlparse(enum.url).path)
-    assert hub_cache_path(enum) == path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _random_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`model`'s layout with values no initialiser produces (BatchNorm statistics included)."""
-    generator = torch.Generator().manual_seed(1)
-    return {
-        key: torch.rand(value.shape, generator=generator) + 0.5 if value.is_floating_point() else value.clone()
-        for key, value in model.state_dict().items()
-    }
-
-
 def _assert_loaded(model: nn.Module, state: dict[str, torch.Tensor], renewed: tuple[str, ...]) -> None:
     """Every tensor of `state` outside `renewed` (and torchvision's auxiliary head) is in `model` unchanged;
     the `renewed` ones have the model's class count and fresh values."""
@@ -137,8 +117,8 @@ def test_semantic_weights_from_the_torch_hub_cache(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     aux = {} if arch.startswith("lraspp") else {"aux_loss": True}  # torchvision's DeepLab file has its aux head
     source = get_model_builder(arch)(weights=None, weights_backbone=None, num_classes=21, **aux)  # VOC's 21
-    state = _random_state(source)
-    torch.save(state, _hub_file(tmp_path / "torch", weights))
+    state = random_state(source)
+    torch.save(state, hub_file(tmp_path / "torch", weights))
     model = build_segmenter(arch, 3, weights.rsplit(".", 1)[1])
     _assert_loaded(model, state, heads)
     assert _last_conv(model.classifier).out_channels == 3
@@ -148,8 +128,8 @@ def test_semantic_weights_from_the_torch_hub_cache(
 def test_mask_rcnn_weights_from_the_torch_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     builder = get_model_builder("maskrcnn_resnet50_fpn_v2")
-    state = _random_state(builder(weights=None, weights_backbone=None, num_classes=91))  # COCO's layout
-    torch.save(state, _hub_file(tmp_path / "torch", "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"))
+    state = random_state(builder(weights=None, weights_backbone=None, num_classes=91))  # COCO's layout
+    torch.save(state, hub_file(tmp_path / "torch", "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1"))
     model = build_instance_model("maskrcnn_resnet50_fpn_v2", 4, "COCO_V1")
     heads = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
     _assert_loaded(model, state, heads)
@@ -157,8 +137,8 @@ def test_mask_rcnn_weights_from_the_torch_hub_cache(tmp_path: Path, monkeypatch:
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 5
 
     # The slim Mask R-CNN from the ImageNet classifier's file: its body is the classifier's `features` up to 15.
-    imagenet = _random_state(torchvision.models.mobilenet_v3_large(weights=None))
-    torch.save(imagenet, _hub_file(tmp_path / "torch", "MobileNet_V3_Large_Weights.IMAGENET1K_V1"))
+    imagenet = random_state(torchvision.models.mobilenet_v3_large(weights=None))
+    torch.save(imagenet, hub_file(tmp_path / "torch", "MobileNet_V3_Large_Weights.IMAGENET1K_V1"))
     slim = build_instance_model("maskrcnn_mobilenet_v3_large_fpn", 2, "backbone:IMAGENET1K_V1")
     body = slim.backbone.body.state_dict()
     assert len(body) > 100 and all(torch.equal(v, imagenet[f"features.{k}"]) for k, v in body.items())

@@ -6,7 +6,6 @@ import contextlib
 import copy
 import io
 import json
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import files_field, get_metrics, metric_value, zip_tree
+from tests.helpers import files_field, get_metrics, metric_value, zip_members, zip_tree
 from tests.server import Server
 
 
@@ -220,7 +219,7 @@ def test_yolo_archive_scores_like_the_coco_archive(
     members = {"data.yaml": (det_data / "data.yaml").read_bytes()}  # names: 0..3, and test: test/images
     for folder in ("images", "labels"):
         members |= {f"test/{folder}/{p.name}": p.read_bytes() for p in sorted((split / folder).iterdir())}
-    yolo = _report(server, detector, "yolo.zip", _zip(members))
+    yolo = _report(server, detector, "yolo.zip", zip_members(members))
     assert yolo["dataset"]["format"] == "yolo" and yolo["dataset"]["images"] == "test/images"
     assert yolo["dataset"]["num_images"] == len(test_truth["images"])
 
@@ -229,7 +228,7 @@ def test_yolo_archive_scores_like_the_coco_archive(
         del ann["area"]
     members = {"annotations.json": json.dumps(box_areas).encode()}
     members |= {f"images/{p.name}": p.read_bytes() for p in sorted((split / "images").iterdir())}
-    coco_boxes = _report(server, detector, "boxes.zip", _zip(members))
+    coco_boxes = _report(server, detector, "boxes.zip", zip_members(members))
 
     assert yolo["metrics"]["summary"] == coco_boxes["metrics"]["summary"]
     assert yolo["metrics"]["per_class"] == coco_boxes["metrics"]["per_class"] == coco_report["metrics"]["per_class"]
@@ -248,7 +247,7 @@ def test_yolo_archive_scores_like_the_coco_archive(
 )
 def test_bad_yolo_label_is_refused(server: Server, detector: dict, det_data: Path, line: str, words: str) -> None:
     image = demo_images(det_data)[0]
-    archive = _zip({
+    archive = zip_members({
         "set/classes.txt": "\n".join(detector["labels"]).encode(),
         f"set/images/{image.name}": image.read_bytes(),
         f"set/labels/{image.stem}.txt": f"0 0.5 0.5 0.2 0.2\n{line}\n".encode(),
@@ -277,21 +276,13 @@ def test_crowd_ground_truth_matches_pycocotools(
     members = {"annotations.json": json.dumps(truth).encode()}
     members |= {f"images/{im['file_name']}": (det_data / "test" / "images" / im["file_name"]).read_bytes()
                 for im in truth["images"]}  # fmt: skip
-    report = _report(server, detector, "crowd.zip", _zip(members))
+    report = _report(server, detector, "crowd.zip", zip_members(members))
     detections = [d for d in test_detections if d["image_id"] in kept]
     expected = pycocotools_scores(truth, detections)
     _assert_matches(report["metrics"], expected)
     for ann in truth["annotations"]:
         ann["iscrowd"] = 0
     assert pycocotools_scores(truth, detections)[0] != expected[0], "the crowd regions changed nothing"
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -317,7 +308,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
     ],
 )
 def test_malformed_coco_in_archive(server: Server, detector: dict, coco: dict, words: str) -> None:
-    archive = _zip({"annotations.json": json.dumps(coco).encode(), "images/a.jpg": b""})
+    archive = zip_members({"annotations.json": json.dumps(coco).encode(), "images/a.jpg": b""})
     response = httpx.post(
         f"{server.url}/evaluate",
         data={"model": detector["name"]},
@@ -329,7 +320,7 @@ def test_malformed_coco_in_archive(server: Server, detector: dict, coco: dict, w
 
 
 def test_invalid_json_in_archive(server: Server, detector: dict) -> None:
-    archive = _zip({"annotations.json": b"{not json"})
+    archive = zip_members({"annotations.json": b"{not json"})
     response = httpx.post(
         f"{server.url}/evaluate",
         data={"model": detector["name"]},

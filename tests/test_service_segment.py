@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests.helpers import files_field, get_metrics, metric_value, zip_tree
+from tests.helpers import files_field, get_metrics, metric_value, zip_members, zip_tree
 from tests.server import ROOT, Server
 from tests.test_service_detect import model_of_task
 
@@ -82,14 +82,6 @@ def _class_map(result: dict) -> np.ndarray:
     for entry in result["classes"]:
         predicted[_decode(entry["mask"]).astype(bool)] = entry["class_id"]
     return predicted
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 def _png(array: np.ndarray | None = None, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -482,7 +474,7 @@ def test_semantic_evaluate_honours_ignore_in_png_masks(server: Server, semantic:
         members[f"val/masks/{image.stem}.png"] = _png(truth)
         predicted = _class_map(_segment(server, [image], model=semantic["name"])["results"][0])
         confusion += _confusion(truth.astype(np.int64), predicted, n)
-    response = _evaluate(server, semantic["name"], _zip(members))
+    response = _evaluate(server, semantic["name"], zip_members(members))
     assert response.status_code == 200, response.text
     report = response.json()
     assert report["dataset"]["num_images"] == 3
@@ -521,7 +513,7 @@ def test_semantic_evaluate_from_coco_only(server: Server, semantic: dict, seg_da
         ignored += int((truth == 255).sum())
         predicted = _class_map(_segment(server, [path], model=semantic["name"])["results"][0])
         confusion += _confusion(truth, predicted, n)
-    response = _evaluate(server, semantic["name"], _zip(members))
+    response = _evaluate(server, semantic["name"], zip_members(members))
     assert response.status_code == 200, response.text
     assert response.json()["dataset"]["num_images"] == 3
     assert ignored > 0
@@ -541,7 +533,7 @@ def _one_image_coco(label: str, segmentation: object, declared: tuple[int, int] 
 def test_rle_size_differing_from_its_image_is_refused(server: Server, instance: dict) -> None:
     rle = mask_utils.encode(np.asfortranarray(np.ones((10, 10), dtype=np.uint8)))
     coco = _one_image_coco(instance["labels"][0], {"size": [10, 10], "counts": rle["counts"].decode()})
-    archive = _zip({"images/a.png": _png(), "annotations.json": json.dumps(coco).encode()})
+    archive = zip_members({"images/a.png": _png(), "annotations.json": json.dumps(coco).encode()})
     response = _evaluate(server, instance["name"], archive)
     assert response.status_code == 422 and response.json()["reason"] == "invalid_dataset", response.text
     error = response.json()["error"]
@@ -555,7 +547,7 @@ def test_declared_image_size_differing_from_the_file_is_refused(
     """The COCO file says 80x60, the image is 64x48: masks would be scored at different sizes."""
     model = request.getfixturevalue(kind)
     coco = _one_image_coco(model["labels"][-1], [[2, 2, 10, 2, 10, 10, 2, 10]], declared=(80, 60))
-    archive = _zip({"images/a.png": _png(), "annotations.json": json.dumps(coco).encode()})
+    archive = zip_members({"images/a.png": _png(), "annotations.json": json.dumps(coco).encode()})
     response = _evaluate(server, model["name"], archive)
     assert response.status_code == 422 and response.json()["reason"] == "invalid_dataset", response.text
     error = response.json()["error"]
