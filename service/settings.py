@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # 0 means "cores / workers", so the default never oversubscribes the machine.
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(1, ge=1)
+    intra_op_spinning: bool = Field(
+        True, description="ORT threads spin between runs (lower latency; the cores stay busy while idle)."
+    )
 
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch the batcher forms.")
     max_batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="Longest an image waits for company.")
