@@ -202,7 +202,7 @@ def test_evaluate_matches_pycocotools(
     assert coco_report["dataset"]["format"] == "coco"
     _assert_matches(metrics, pycocotools_scores(test_truth, test_detections))
     assert set(_per_class(metrics)) == set(detector["labels"])
-    assert metrics["summary"]["AP50"] >= 0.5  # the committed model's test AP50 is in its model.json
+    assert metrics["summary"]["AP50"] >= 0.8  # issue 3: the demo detector reaches test AP50 0.8, on unseen data too
 
 
 def test_yolo_archive_scores_like_the_coco_archive(

@@ -193,7 +193,7 @@ def test_semantic_evaluate_matches_a_confusion_matrix(server: Server, semantic: 
         truth = np.asarray(Image.open(split / "masks" / f"{image.stem}.png")).astype(np.int64)
         confusion += _confusion(truth, _class_map(_segment(server, [image], model=semantic["name"])["results"][0]), n)
     _assert_semantic_metrics(metrics, confusion, semantic["labels"])
-    assert metrics["mIoU"] >= 0.4  # the committed semantic model is a snapshot at val mIoU 0.53
+    assert metrics["mIoU"] >= 0.8  # issue 4: the demo semantic model reaches test mIoU 0.80, on unseen data too
 
 
 def test_mask_size_mismatch_is_refused(server: Server, semantic: dict) -> None:
@@ -315,7 +315,7 @@ def test_instance_evaluate_matches_pycocotools(server: Server, instance: dict, i
         "mask_AP50": metrics["segm"]["summary"]["AP50"],
         "box_AP": metrics["bbox"]["summary"]["AP"],
     }
-    assert metrics["summary"]["mask_AP50"] >= 0.5
+    assert metrics["summary"]["mask_AP50"] >= 0.7  # issue 4: the demo instance model reaches mask AP50 0.7
 
 
 def _same_result(alone: dict, other: dict) -> None:
