@@ -60,3 +60,23 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path: Path, capsys: pytest.
     assert "classification" in capsys.readouterr().err
     assert cli.main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "runs")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_recipes_refuse_to_start_over_existing_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every output is checked before any work: no demo data is written, nothing trains."""
+    import os
+
+    from training import recipes
+
+    published = tmp_path / "models" / "digits" / "1"
+    published.mkdir(parents=True)
+    (published / "model.json").write_text("{}")
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        assert recipes.main(["digits", "--repository", "models", "--out", "runs"]) == 2
+        assert recipes.existing_outputs([recipes.get_recipe("digits")], Path("runs"), Path("elsewhere")) == []
+    finally:
+        os.chdir(cwd)
+    assert "models/digits/1" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]  # no data/, no runs/

@@ -21,6 +21,7 @@ Version 1 of the three shapes models were snapshots of unfinished runs; version 
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,16 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
+def existing_outputs(recipes: list[Recipe], out: Path, repository: Path) -> list[Path]:
+    """What running `recipes` would have to overwrite: demo data folders, run folders, model versions."""
+    paths = []
+    for recipe in recipes:
+        paths += [recipe.demo_out or recipe.data, out / recipe.run_name]
+        if recipe.export:
+            paths.append(repository / recipe.export_name / recipe.export_version)
+    return [path for path in dict.fromkeys(paths) if path.exists() and (path.is_file() or any(path.iterdir()))]
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m training.recipes [NAME ...]`: rebuild demo models (data, train, export), or print the commands."""
     import argparse
@@ -204,8 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs"))
     parser.add_argument("--print", dest="print_only", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
-    for name in args.names or sorted(RECIPES):
-        recipe = get_recipe(name)
+    recipes = [get_recipe(name) for name in args.names or sorted(RECIPES)]
+    if not args.print_only and (taken := existing_outputs(recipes, args.out, args.repository)):
+        # Checked before any work: demo data, runs and published versions are never overwritten, and finding
+        # that out at an export after an hour of training helps nobody.
+        print(  # noqa: T201 - a user error, one line per path
+            "python -m training.recipes: these already exist; remove them or pick another --out / --repository "
+            "(make demo-models REPOSITORY=DIR):\n" + "\n".join(f"  {path}" for path in taken),
+            file=sys.stderr,
+        )
+        return 2
+    for recipe in recipes:
         for command in recipe.commands(args.out, args.repository):
             print("optic " + shlex.join(command), flush=True)  # noqa: T201 - the commands are the output
             if not args.print_only and (code := optic(command)) != 0:
