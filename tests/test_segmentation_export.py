@@ -19,7 +19,6 @@ from training.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.engine import fit
 from training.export import export_onnx
-from training.tasks import instance_segmentation
 from training.tasks.base import ParityError
 from training.tasks.instance_segmentation import InstanceSegmentationTask
 from training.tasks.segmentation import SegmentationTask
@@ -54,7 +53,7 @@ def instance_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 def few_detections(monkeypatch: pytest.MonkeyPatch) -> None:
     """An untrained Mask R-CNN fills every one of its K rows; K = 10 and batches up to 3 keep parity cheap."""
-    monkeypatch.setattr(instance_segmentation, "MAX_DETECTIONS", 10)
+    monkeypatch.setattr(InstanceSegmentationTask, "max_detections", 10)
     monkeypatch.setattr(InstanceSegmentationTask, "parity_batch_sizes", (1, 3))
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from service.imaging import Geometry
 from service.tasks.coco import run_cocoeval
 from service.tasks.detection import to_image_boxes
+from training import plots
 
 # COCOeval summary name -> metric key; `map` (AP@[.5:.95]) is the detection task's primary metric.
 METRIC_KEYS = {
@@ -77,46 +76,7 @@ def score_coco(
     return metrics, {"per_class": per_class, "pr_curves": curves, "num_detections": report["num_detections"]}
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
 def plot_class_ap(path: Path, per_class: list[dict[str, Any]], title: str) -> Path | None:
-    if not per_class:
-        return None
     names = [row["label"] for row in per_class]
-    x = np.arange(len(names))
-    fig = Figure(figsize=(max(5.0, 0.5 * len(names) + 2), 4))
-    ax = fig.add_subplot()
-    ax.bar(x - 0.2, [row["AP50"] for row in per_class], width=0.4, label="AP50")
-    ax.bar(x + 0.2, [row["AP"] for row in per_class], width=0.4, label="AP@[.5:.95]")
-    ax.set_xticks(x, labels=names, rotation=90 if len(names) > 10 else 0)
-    ax.set_ylim(0, 1.15)  # headroom: the legend sits above the bars, never over one
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("average precision")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", ncol=2, fontsize="small")
-    return _save(fig, path)
-
-
-def plot_pr_curves(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: str) -> Path | None:
-    if not curves:
-        return None
-    fig = Figure(figsize=(6, 5))
-    ax = fig.add_subplot()
-    for name, (recall, precision) in curves.items():
-        ax.plot(recall, precision, label=name)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if len(curves) <= 20:
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+    series = {"AP50": [row["AP50"] for row in per_class], "AP@[.5:.95]": [row["AP"] for row in per_class]}
+    return plots.plot_class_bars(path, names, series, ylabel="average precision", title=title)

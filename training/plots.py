@@ -6,7 +6,7 @@ process-wide backend and works without a display.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def plot_curves(
     ax.set_title(title or ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -67,4 +67,48 @@ def plot_confusion_matrix(
             if counts[i, j]:
                 color = "white" if rates[i, j] > 0.5 else "black"
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def plot_class_bars(
+    path: Path, names: Sequence[str], series: Mapping[str, Sequence[float]], *, ylabel: str, title: str
+) -> Path | None:
+    """Per-class bars of scores in [0, 1], one bar per series side by side (a legend when there are several)."""
+    if not names:
+        return None
+    x = np.arange(len(names))
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(5.0, 0.5 * len(names) + 2), 4))
+    ax = fig.add_subplot()
+    for k, (label, values) in enumerate(series.items()):
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, list(values), width=width, label=label)
+    ax.set_xticks(x, labels=list(names), rotation=90 if len(names) > 10 else 0)
+    if len(series) > 1:
+        ax.set_ylim(0, 1.15)  # headroom: the legend sits above the bars, never over one
+        ax.set_yticks(np.linspace(0, 1, 6))
+        ax.legend(loc="upper center", ncol=len(series), fontsize="small")
+    else:
+        ax.set_ylim(0, 1)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_pr_curves(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: str) -> Path | None:
+    """One precision-recall curve per class."""
+    if not curves:
+        return None
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    for name, (recall, precision) in curves.items():
+        ax.plot(recall, precision, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) <= 20:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.imaging import decode_image, to_model_input
+from service.imaging import Geometry, decode_image, to_model_input
 from service.metadata import InputSpec, Preprocessing
 from training.data.annotations import DetectionSample, DetectionSplit, DetectionSplits
 from training.data.coco import find_split_json, read_coco
+from training.data.presets import AugmentPreset
 from training.data.yolo import YAML_FILES, names_from_yaml, read_names, read_yaml, read_yolo
 
 SPLITS = ("train", "val", "test")
@@ -112,8 +113,11 @@ def find_detection_splits(data: Path, val_fraction: float = 0.15, seed: int = 0)
     )
 
 
-def letterbox_sample(sample: DetectionSample, size: tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """uint8 [3, H, W] and the target: boxes in model-input pixels, 0-based labels, image id, geometry."""
+def letterbox_boxes(
+    sample: DetectionSample, size: tuple[int, int]
+) -> tuple[np.ndarray, Geometry, np.ndarray, np.ndarray]:
+    """(uint8 pixels [3, H, W], geometry, boxes in model-input pixels, which boxes to keep): boxes thinner than
+    `MIN_BOX_PIXELS` after letterboxing are not kept. Shared by the detection and instance datasets."""
     height, width = size
     decoded = decode_image(
         sample.path.read_bytes(), filename=str(sample.path), max_pixels=_MAX_PIXELS, draft_size=(width, height)
@@ -127,6 +131,12 @@ def letterbox_sample(sample: DetectionSample, size: tuple[int, int]) -> tuple[to
     boxes[:, [0, 2]] = boxes[:, [0, 2]] * geometry.scale_x + geometry.pad_x
     boxes[:, [1, 3]] = boxes[:, [1, 3]] * geometry.scale_y + geometry.pad_y
     keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_PIXELS) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_PIXELS)
+    return pixels, geometry, boxes, keep
+
+
+def letterbox_sample(sample: DetectionSample, size: tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """uint8 [3, H, W] and the target: boxes in model-input pixels, 0-based labels, image id, geometry."""
+    pixels, geometry, boxes, keep = letterbox_boxes(sample, size)
     target = {
         "boxes": torch.as_tensor(boxes[keep], dtype=torch.float32).reshape(-1, 4),
         "labels": torch.as_tensor(sample.labels[keep], dtype=torch.int64),
@@ -136,15 +146,8 @@ def letterbox_sample(sample: DetectionSample, size: tuple[int, int]) -> tuple[to
     return torch.from_numpy(pixels), target
 
 
-class DetectionTrainPreset:
+class DetectionTrainPreset(AugmentPreset):
     """ "light": a random horizontal flip, the one augmentation that is safe for almost every detection set."""
-
-    PRESETS = ("none", "light")
-
-    def __init__(self, augment: str = "light") -> None:
-        if augment not in self.PRESETS:
-            raise ValueError(f"unknown augment preset {augment!r}; known: {', '.join(self.PRESETS)}")
-        self.augment = augment
 
     def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         # torch's RNG: seeded per DataLoader worker, and captured by `--resume` checkpoints.

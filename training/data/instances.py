@@ -17,14 +17,12 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from service.imaging import decode_image, to_model_input
 from service.metadata import InputSpec
 from training.data.annotations import DetectionSample, DetectionSplit, DetectionSplits
 from training.data.coco import find_split_json, read_coco
-from training.data.detection import LETTERBOX, MIN_BOX_PIXELS, SPLITS, DetectionDataset
+from training.data.detection import LETTERBOX, MIN_BOX_PIXELS, SPLITS, DetectionDataset, letterbox_boxes
 from training.data.masks import decode_segmentation, resize_mask
-
-_MAX_PIXELS = 1 << 31  # data sets are trusted input; the service's request limit does not apply
+from training.data.presets import AugmentPreset
 
 
 @dataclass(frozen=True)
@@ -86,19 +84,8 @@ def letterbox_instances(sample: InstanceSample, size: tuple[int, int]) -> tuple[
     """uint8 [3, H, W] and the target: boxes (model-input pixels), 0-based labels, masks uint8 [M, H, W],
     image id and geometry; instances thinner than `MIN_BOX_PIXELS` after letterboxing are left out."""
     height, width = size
-    decoded = decode_image(
-        sample.path.read_bytes(), filename=str(sample.path), max_pixels=_MAX_PIXELS, draft_size=(width, height)
-    )
-    if (decoded.width, decoded.height) != (sample.width, sample.height):
-        raise ValueError(
-            f"{sample.path} is {decoded.width}x{decoded.height} but its annotations say {sample.width}x{sample.height}"
-        )
     spec = InputSpec(height=height, width=width)
-    pixels, geometry = to_model_input(decoded, spec, LETTERBOX)
-    boxes = sample.boxes.astype(np.float64, copy=True)
-    boxes[:, [0, 2]] = boxes[:, [0, 2]] * geometry.scale_x + geometry.pad_x
-    boxes[:, [1, 3]] = boxes[:, [1, 3]] * geometry.scale_y + geometry.pad_y
-    keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_PIXELS) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_PIXELS)
+    pixels, geometry, boxes, keep = letterbox_boxes(sample, size)
     masks = np.zeros((int(keep.sum()), height, width), dtype=np.uint8)
     for row, index in enumerate(np.flatnonzero(keep)):
         full = decode_segmentation(sample.segmentations[index], sample.height, sample.width).astype(np.uint8)
@@ -113,15 +100,11 @@ def letterbox_instances(sample: InstanceSample, size: tuple[int, int]) -> tuple[
     return torch.from_numpy(pixels), target
 
 
-class InstanceTrainPreset:
+class InstanceTrainPreset(AugmentPreset):
     """ "light": a horizontal flip and a mild zoom/shift, applied to image, boxes and masks together."""
 
-    PRESETS = ("none", "light")
-
     def __init__(self, augment: str = "light") -> None:
-        if augment not in self.PRESETS:
-            raise ValueError(f"unknown augment preset {augment!r}; known: {', '.join(self.PRESETS)}")
-        self.augment = augment
+        super().__init__(augment)
         self._transform = v2.Compose([
             v2.RandomHorizontalFlip(),
             v2.RandomAffine(degrees=0, translate=(0.05, 0.05), scale=(0.85, 1.2),

@@ -33,6 +33,7 @@ from service.imaging import DecodedImage, Geometry, decode_image, to_model_input
 from service.metadata import InputSpec, Preprocessing
 from service.tasks.coco import validate_coco
 from training.data.coco import coco_labels, find_image, find_split_json
+from training.data.presets import AugmentPreset
 
 IGNORE_INDEX = 255
 BACKGROUND = "background"
@@ -209,15 +210,11 @@ def load_pair(
     return pixels, resize_mask(full, spec, prep), full, geometry
 
 
-class SegmentationTrainPreset:
+class SegmentationTrainPreset(AugmentPreset):
     """ "light": a horizontal flip and a mild zoom/shift, applied to image and mask together."""
 
-    PRESETS = ("none", "light")
-
     def __init__(self, augment: str = "light") -> None:
-        if augment not in self.PRESETS:
-            raise ValueError(f"unknown augment preset {augment!r}; known: {', '.join(self.PRESETS)}")
-        self.augment = augment
+        super().__init__(augment)
         self._transform = v2.Compose([
             v2.RandomHorizontalFlip(),
             v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.8, 1.25),

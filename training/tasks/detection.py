@@ -18,7 +18,6 @@ import onnx
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models import get_model_builder
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.ssd import SSD
 
@@ -33,7 +32,7 @@ from training.data.detection import (
     find_detection_splits,
     letterbox_sample,
 )
-from training.detection_eval import coco_detections, plot_class_ap, plot_pr_curves, score_coco
+from training.detection_eval import coco_detections, plot_class_ap, score_coco
 from training.detectors import build_detector, postprocess_settings
 from training.onnx_loop import batch_loop, set_output_shapes
 from training.tasks import register_task
@@ -53,7 +52,7 @@ def label_offset(model: nn.Module) -> int:
     return 1 if isinstance(model, (GeneralizedRCNN, SSD)) else 0
 
 
-def _float_images(images: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+def float_images(images: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
     # The detector's own transform normalizes (mean/std inside the graph); it wants 0..1 floats.
     return list(images.to(device, non_blocking=True).float().div_(255.0))
 
@@ -150,48 +149,62 @@ class DetectionTask(TrainTask):
     parity_vs_single = True  # the ONNX Loop must give every image the result it gets alone
     box_atol: ClassVar[float] = 0.5  # model-input pixels
     score_atol: ClassVar[float] = 1e-3
+    max_detections: ClassVar[int] = MAX_DETECTIONS  # the graph's padded rows per image
+
+    # What instance segmentation swaps: the reader, the dataset, its augmentation and the model factory.
+    find_splits = staticmethod(find_detection_splits)
+    splits_name = "data"
+    dataset_type = DetectionDataset
+    train_preset = DetectionTrainPreset
+    build_network = staticmethod(build_detector)
 
     def __init__(self) -> None:
         self._splits: dict[tuple[Path, float, int], DetectionSplits] = {}
 
     def _find_splits(self, cfg: TrainConfig) -> DetectionSplits:
-        return cached_splits(self._splits, cfg, find_detection_splits, "data")
+        return cached_splits(self._splits, cfg, self.find_splits, self.splits_name)
 
     # --- data ---------------------------------------------------------------------------------------------
     def build_datasets(self, cfg: TrainConfig) -> tuple[Dataset[Any], Dataset[Any], list[str]]:
         splits = self._find_splits(cfg)
-        train = DetectionDataset(splits.train.limit(cfg.max_samples), cfg.image_size, DetectionTrainPreset(cfg.augment))
-        val = DetectionDataset(splits.val.limit(cfg.max_samples), cfg.image_size)
+        preset = self.train_preset(cfg.augment)
+        train = self.dataset_type(splits.train.limit(cfg.max_samples), cfg.image_size, preset)
+        val = self.dataset_type(splits.val.limit(cfg.max_samples), cfg.image_size)
         return train, val, splits.labels
 
     def build_test_dataset(self, cfg: TrainConfig, labels: list[str]) -> Dataset[Any] | None:
         test = self._find_splits(cfg).test
-        return None if test is None else DetectionDataset(test.limit(cfg.max_samples), cfg.image_size)
+        return None if test is None else self.dataset_type(test.limit(cfg.max_samples), cfg.image_size)
 
     def collate_fn(self, batch: Any) -> Any:
         return collate_detection(batch)
 
     # --- model and loss -----------------------------------------------------------------------------------
     def build_model(self, arch: str, num_classes: int, weights: str | None, freeze_backbone: bool) -> nn.Module:
-        return build_detector(
-            arch, num_classes, weights, freeze_backbone, score_thresh=SCORE_THRESHOLD, detections_per_img=MAX_DETECTIONS
+        return self.build_network(
+            arch,
+            num_classes,
+            weights,
+            freeze_backbone,
+            score_thresh=SCORE_THRESHOLD,
+            detections_per_img=self.max_detections,
         )
 
     def rebuild_model(self, run: RunConfig) -> nn.Module:
-        return build_detector(
+        return self.build_network(
             run.train.arch,
             len(run.labels),
             run.train.weights,
             load_weights=False,
             score_thresh=SCORE_THRESHOLD,
-            detections_per_img=MAX_DETECTIONS,
+            detections_per_img=self.max_detections,
         )
 
     def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
         offset = label_offset(model)
         wanted = [{"boxes": t["boxes"].to(device), "labels": (t["labels"] + offset).to(device)} for t in targets]
-        losses: dict[str, torch.Tensor] = model(_float_images(images, device), wanted)
+        losses: dict[str, torch.Tensor] = model(float_images(images, device), wanted)
         loss = torch.stack(list(losses.values())).sum()
         return loss, {name.removeprefix("loss_"): float(value.detach()) for name, value in losses.items()}
 
@@ -205,7 +218,7 @@ class DetectionTask(TrainTask):
         if not len(split):
             raise ValueError("cannot evaluate on an empty data set")
         for images, targets in loader:
-            for found, target in zip(model(_float_images(images, device)), targets, strict=True):
+            for found, target in zip(model(float_images(images, device)), targets, strict=True):
                 detections += coco_detections(
                     target["image_id"],
                     found["boxes"].cpu().numpy(),
@@ -221,7 +234,7 @@ class DetectionTask(TrainTask):
 
     # --- export -------------------------------------------------------------------------------------------
     def export_module(self, model: nn.Module, run: RunConfig) -> nn.Module:
-        return DetectorExport(model, MAX_DETECTIONS)
+        return DetectorExport(model, self.max_detections)
 
     def export_graph(self, module: nn.Module, images: torch.Tensor, path: Path, opset: int) -> None:
         """Trace the one-image graph on a real image, then loop it over the batch in ONNX."""
@@ -281,7 +294,7 @@ class DetectionTask(TrainTask):
                 raise ParityError(f"image {i}: {exc}") from None
             box_diff, score_diff, cut = max(box_diff, boxes), max(score_diff, scores), cut + unmatched
         if cut:
-            log.info("parity: %d detections at the score/top-%d cut-off were left unpaired", cut, MAX_DETECTIONS)
+            log.info("parity: %d detections at the score/top-%d cut-off were left unpaired", cut, self.max_detections)
         return {"boxes": box_diff, "scores": score_diff}
 
     def preprocessing(self, run: RunConfig, model: nn.Module) -> Preprocessing:
@@ -298,10 +311,10 @@ class DetectionTask(TrainTask):
 
     def metadata_params(self, cfg: TrainConfig) -> dict[str, Any]:
         with torch.device("meta"):  # the arch's NMS default, without building weights
-            model = get_model_builder(cfg.arch)(weights=None, weights_backbone=None, num_classes=2)
+            model = self.build_network(cfg.arch, 1, load_weights=False)
         return {
             "score_threshold": SCORE_THRESHOLD,
-            "max_detections": MAX_DETECTIONS,
+            "max_detections": self.max_detections,
             "nms_iou_threshold": postprocess_settings(model)["nms_thresh"],
             "letterbox": {"pad_value": 114, "centered": True, "interpolation": "bilinear"},
             "box_format": "xyxy",
@@ -320,7 +333,7 @@ class DetectionTask(TrainTask):
                 details.get("per_class", []),
                 title=f"AP per class ({split}, best epoch)",
             )
-            plot_pr_curves(
+            plots.plot_pr_curves(
                 run_dir / f"pr_curves_{split}.png",
                 details.get("pr_curves", {}),
                 title=f"precision-recall at IoU 0.5 ({split}, best epoch)",

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.models.detection import MaskRCNN
 
 from service.tasks.detection import to_image_boxes
@@ -30,14 +30,12 @@ from service.tasks.instance_segmentation import MASK_THRESHOLD, paste_mask
 from service.tasks.masks import encode_rle
 from training import plots
 from training.config import RunConfig, TrainConfig
-from training.data.annotations import DetectionSplits
 from training.data.instances import InstanceDataset, InstanceTrainPreset, find_instance_splits
-from training.detection_eval import plot_class_ap, plot_pr_curves, score_coco
-from training.detectors import postprocess_settings
+from training.detection_eval import plot_class_ap, score_coco
 from training.mask_rcnn import build_instance_model
 from training.tasks import register_task
-from training.tasks.base import Evaluation, ParityError, cached_splits
-from training.tasks.detection import MAX_DETECTIONS, SCORE_THRESHOLD, DetectionTask, DetectorExport
+from training.tasks.base import Evaluation, ParityError
+from training.tasks.detection import DetectionTask, DetectorExport, float_images
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +71,6 @@ class InstanceExport(DetectorExport):
         return boxes[None], scores[None], labels[None], count, masks[None]
 
 
-def _float_images(images: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-    return list(images.to(device, non_blocking=True).float().div_(255.0))
-
-
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
@@ -105,43 +99,20 @@ class InstanceSegmentationTask(DetectionTask):
     export_outputs = ["boxes", "scores", "labels", "num_detections", "masks"]  # noqa: RUF012 - a constant
     mask_min_iou: ClassVar[float] = 0.99  # pasted torch vs ONNX masks, per instance
 
-    def _find_splits(self, cfg: TrainConfig) -> DetectionSplits:
-        return cached_splits(self._splits, cfg, find_instance_splits, "instances")
-
-    # --- data ---------------------------------------------------------------------------------------------
-    def build_datasets(self, cfg: TrainConfig) -> tuple[Dataset[Any], Dataset[Any], list[str]]:
-        splits = self._find_splits(cfg)
-        train = InstanceDataset(splits.train.limit(cfg.max_samples), cfg.image_size, InstanceTrainPreset(cfg.augment))
-        val = InstanceDataset(splits.val.limit(cfg.max_samples), cfg.image_size)
-        return train, val, splits.labels
-
-    def build_test_dataset(self, cfg: TrainConfig, labels: list[str]) -> Dataset[Any] | None:
-        test = self._find_splits(cfg).test
-        return None if test is None else InstanceDataset(test.limit(cfg.max_samples), cfg.image_size)
+    find_splits = staticmethod(find_instance_splits)
+    splits_name = "instances"
+    dataset_type = InstanceDataset  # type: ignore[assignment]
+    train_preset = InstanceTrainPreset  # type: ignore[assignment]
+    build_network = staticmethod(build_instance_model)
 
     # --- model and loss -----------------------------------------------------------------------------------
-    def build_model(self, arch: str, num_classes: int, weights: str | None, freeze_backbone: bool) -> nn.Module:
-        return build_instance_model(
-            arch, num_classes, weights, freeze_backbone, score_thresh=SCORE_THRESHOLD, detections_per_img=MAX_DETECTIONS
-        )
-
-    def rebuild_model(self, run: RunConfig) -> nn.Module:
-        return build_instance_model(
-            run.train.arch,
-            len(run.labels),
-            run.train.weights,
-            load_weights=False,
-            score_thresh=SCORE_THRESHOLD,
-            detections_per_img=MAX_DETECTIONS,
-        )
-
     def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
         wanted = [
             {"boxes": t["boxes"].to(device), "labels": (t["labels"] + 1).to(device), "masks": t["masks"].to(device)}
             for t in targets
         ]
-        losses: dict[str, torch.Tensor] = model(_float_images(images, device), wanted)
+        losses: dict[str, torch.Tensor] = model(float_images(images, device), wanted)
         loss = torch.stack(list(losses.values())).sum()
         return loss, {name.removeprefix("loss_"): float(value.detach()) for name, value in losses.items()}
 
@@ -159,9 +130,7 @@ class InstanceSegmentationTask(DetectionTask):
             raise ValueError("cannot evaluate on an empty data set")
         segm, bbox = [], []
         for images, targets in loader:
-            for found, target in zip(
-                detect_with_mask_probs(model, _float_images(images, device)), targets, strict=True
-            ):
+            for found, target in zip(detect_with_mask_probs(model, float_images(images, device)), targets, strict=True):
                 geometry = target["geometry"]
                 boxes = to_image_boxes(found["boxes"].cpu().numpy().astype(np.float64), geometry)
                 probs = found["masks"][:, 0].cpu().numpy()
@@ -202,7 +171,7 @@ class InstanceSegmentationTask(DetectionTask):
 
     # --- export -------------------------------------------------------------------------------------------
     def export_module(self, model: nn.Module, run: RunConfig) -> nn.Module:
-        return InstanceExport(model, MAX_DETECTIONS)
+        return InstanceExport(model, self.max_detections)
 
     def check_parity(
         self, torch_outputs: dict[str, np.ndarray], onnx_outputs: dict[str, np.ndarray]
@@ -231,14 +200,8 @@ class InstanceSegmentationTask(DetectionTask):
         return {**diffs, "mask_min_iou": worst_iou, "mask_probs": prob_diff}
 
     def metadata_params(self, cfg: TrainConfig) -> dict[str, Any]:
-        with torch.device("meta"):  # the arch's NMS default, without building weights
-            model = build_instance_model(cfg.arch, 1, load_weights=False)
         return {
-            "score_threshold": SCORE_THRESHOLD,
-            "max_detections": MAX_DETECTIONS,
-            "nms_iou_threshold": postprocess_settings(model)["nms_thresh"],
-            "letterbox": {"pad_value": 114, "centered": True, "interpolation": "bilinear"},
-            "box_format": "xyxy",
+            **super().metadata_params(cfg),
             "mask_size": MASK_SIZE,
             "mask_threshold": MASK_THRESHOLD,
         }
@@ -257,7 +220,7 @@ class InstanceSegmentationTask(DetectionTask):
                 details.get("per_class", []),
                 title=f"mask AP per class ({split}, best epoch)",
             )
-            plot_pr_curves(
+            plots.plot_pr_curves(
                 run_dir / f"mask_pr_curves_{split}.png",
                 details.get("pr_curves", {}),
                 title=f"mask precision-recall at IoU 0.5 ({split}, best epoch)",

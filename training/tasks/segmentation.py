@@ -62,24 +62,8 @@ class SegmenterExport(nn.Module):
 
 def plot_class_iou(path: Path, per_class: list[dict[str, Any]], title: str) -> Path | None:
     rows = [row for row in per_class if row["IoU"] is not None]
-    if not rows:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     names = [row["label"] for row in rows]
-    fig = Figure(figsize=(max(5.0, 0.5 * len(names) + 2), 4))
-    ax = fig.add_subplot()
-    ax.bar(np.arange(len(names)), [row["IoU"] for row in rows])
-    ax.set_xticks(np.arange(len(names)), labels=names, rotation=90 if len(names) > 10 else 0)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("IoU")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    FigureCanvasAgg(fig)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return plots.plot_class_bars(path, names, {"IoU": [row["IoU"] for row in rows]}, ylabel="IoU", title=title)
 
 
 @register_task("segmentation")
