@@ -157,6 +157,7 @@ class DetectionTask(TrainTask):
     dataset_type = DetectionDataset
     train_preset = DetectionTrainPreset
     build_network = staticmethod(build_detector)
+    target_keys: ClassVar[tuple[str, ...]] = ("boxes",)  # what the model trains on besides the labels
 
     def __init__(self) -> None:
         self._splits: dict[tuple[Path, float, int], DetectionSplits] = {}
@@ -203,7 +204,10 @@ class DetectionTask(TrainTask):
     def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         images, targets = batch
         offset = label_offset(model)
-        wanted = [{"boxes": t["boxes"].to(device), "labels": (t["labels"] + offset).to(device)} for t in targets]
+        wanted = [
+            {**{key: t[key].to(device) for key in self.target_keys}, "labels": (t["labels"] + offset).to(device)}
+            for t in targets
+        ]
         losses: dict[str, torch.Tensor] = model(float_images(images, device), wanted)
         loss = torch.stack(list(losses.values())).sum()
         return loss, {name.removeprefix("loss_"): float(value.detach()) for name, value in losses.items()}

@@ -104,18 +104,9 @@ class InstanceSegmentationTask(DetectionTask):
     dataset_type = InstanceDataset  # type: ignore[assignment]
     train_preset = InstanceTrainPreset  # type: ignore[assignment]
     build_network = staticmethod(build_instance_model)
+    target_keys = ("boxes", "masks")
 
-    # --- model and loss -----------------------------------------------------------------------------------
-    def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        images, targets = batch
-        wanted = [
-            {"boxes": t["boxes"].to(device), "labels": (t["labels"] + 1).to(device), "masks": t["masks"].to(device)}
-            for t in targets
-        ]
-        losses: dict[str, torch.Tensor] = model(float_images(images, device), wanted)
-        loss = torch.stack(list(losses.values())).sum()
-        return loss, {name.removeprefix("loss_"): float(value.detach()) for name, value in losses.items()}
-
+    # --- evaluation (training and loss are detection's, with masks among the targets) ------------------------
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader[Any], device: torch.device) -> Evaluation:
         """COCO mask AP (and box AP) of what the service would answer, in original-image pixels."""
