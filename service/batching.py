@@ -8,6 +8,7 @@ for its stragglers. All models share one inference thread, so runs never compete
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -17,7 +18,8 @@ import numpy as np
 
 from service.tasks.base import Outputs
 
-RunBatch = Callable[[np.ndarray], list[Outputs]]
+log = logging.getLogger("optic")
+RunBatch = Callable[[np.ndarray, bool], list[Outputs]]  # (batch, busy: more work is waiting)
 
 
 @dataclass
@@ -34,7 +36,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         executor: Executor,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float, float, bool], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -81,20 +83,28 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
+            backlogged = not self._queue.empty() or self._expected > 0  # more was waiting as this batch started
             started = time.perf_counter()
             try:
                 stacked = np.stack([p.array for p in batch])
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, stacked)
+                busy = backlogged or len(batch) > 1
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, stacked, busy)
+                if len(outputs) != len(batch):
+                    raise RuntimeError(f"a batch of {len(batch)} gave {len(outputs)} outputs")
             except Exception as exc:  # a failed run fails its own requests, never the loop
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
-            if self._on_batch is not None:
-                self._on_batch(len(batch), time.perf_counter() - started)
+            ended = time.perf_counter()
             for pending, output in zip(batch, outputs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(output)
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(len(batch), started, ended, backlogged)
+                except Exception:  # bookkeeping never stops the loop that every request waits on
+                    log.exception("batch bookkeeping failed")
 
     async def close(self) -> None:
         if self._task is not None:

@@ -18,6 +18,7 @@ class OpticError(Exception):
         reason: str | None = None,
         status_code: int | None = None,
         detail: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -26,6 +27,7 @@ class OpticError(Exception):
         if status_code is not None:
             self.status_code = status_code
         self.detail = detail or {}
+        self.headers = headers or {}
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.message, "reason": self.reason}
@@ -87,3 +89,67 @@ class InvalidDataset(OpticError):
 class InvalidParameter(OpticError):
     reason = "invalid_parameter"
     status_code = 422
+
+
+class MalformedRequest(OpticError):
+    """The body cannot be read as what the route takes: broken multipart framing, a missing boundary."""
+
+    reason = "malformed_request"
+    status_code = 400
+
+
+class UnsupportedMediaType(OpticError):
+    reason = "unsupported_media_type"
+    status_code = 415
+
+
+class TooManyParts(OpticError):
+    reason = "too_many_parts"
+    status_code = 413
+
+
+class FieldTooLarge(OpticError):
+    reason = "field_too_large"
+    status_code = 413
+
+
+class InvalidFilename(OpticError):
+    reason = "invalid_filename"
+    status_code = 400
+
+
+class ExpectedFile(OpticError):
+    """A text value where a file belongs: it is never taken as a URL to fetch."""
+
+    reason = "expected_file"
+    status_code = 422
+
+
+class ExpectedText(OpticError):
+    reason = "expected_text"
+    status_code = 422
+
+
+class Overloaded(OpticError):
+    reason = "overloaded"
+    status_code = 503
+
+
+class ShuttingDown(OpticError):
+    reason = "shutting_down"
+    status_code = 503
+
+
+class Unauthorized(OpticError):
+    reason = "unauthorized"
+    status_code = 401
+
+
+class NotFound(OpticError):
+    reason = "not_found"
+    status_code = 404
+
+
+class MethodNotAllowed(OpticError):
+    reason = "method_not_allowed"
+    status_code = 405

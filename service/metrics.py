@@ -25,6 +25,7 @@ class Metrics:
     model_info: Any
     evaluation_score: Any
     load_failures: Any
+    api_key_requests: Any
 
 
 @functools.cache
@@ -59,5 +60,10 @@ def get_metrics() -> Metrics:
             "optic_model_load_failures_total",
             "Model versions found in the repository that could not be loaded.",
             ["model"],
+        ),
+        api_key_requests=prom.Counter(
+            "optic_api_key_requests_total",
+            "Requests let through by an API key, by the key's id (its name, or a hash prefix: never the key).",
+            ["key_id"],
         ),
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from service.admission import Admission
 from service.batching import MicroBatcher
 from service.imaging import DecodedImage, Geometry, decode_image
 from service.metrics import Metrics
@@ -52,6 +53,9 @@ class Pipeline:
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="optic-infer")
         self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="optic-prep")
         self._batchers: dict[str, MicroBatcher] = {}
+        self.admission = Admission(
+            max_queue_images=settings.max_queue_images, latency_budget_s=settings.latency_budget_ms / 1000
+        )
 
     def batcher(self, model: LoadedModel) -> MicroBatcher:
         if model.key not in self._batchers:
@@ -59,9 +63,13 @@ class Pipeline:
             infer_hist = self.metrics.stage_seconds.labels(*labels, "inference")
             size_hist = self.metrics.batch_size.labels(*labels)
 
-            def on_batch(size: int, seconds: float) -> None:
+            key = model.key
+            admission = self.admission
+
+            def on_batch(size: int, started: float, ended: float, backlogged: bool) -> None:
                 size_hist.observe(size)
-                infer_hist.observe(seconds)
+                infer_hist.observe(ended - started)
+                admission.observe_batch(key, size, started, ended, backlogged)
 
             self._batchers[model.key] = MicroBatcher(
                 model.run,
@@ -84,7 +92,17 @@ class Pipeline:
     async def predict(
         self, model: LoadedModel, files: Sequence[tuple[str, bytes | Path]], params: Any
     ) -> list[Prediction]:
-        """Every image of a request, in order; one bad image refuses the whole request before any runs."""
+        """Every image of a request, in order; one bad image refuses the whole request before any runs.
+        Refused with Overloaded, before any work, when its images could not finish within the budget."""
+        self.admission.admit(model.key, len(files))
+        try:
+            return await self._predict(model, files, params)
+        finally:
+            self.admission.release(model.key, len(files))
+
+    async def _predict(
+        self, model: LoadedModel, files: Sequence[tuple[str, bytes | Path]], params: Any
+    ) -> list[Prediction]:
         meta = model.metadata
         batcher = self.batcher(model)
         batcher.expect(len(files))
@@ -97,19 +115,37 @@ class Pipeline:
         stage = self.metrics.stage_seconds
         stage.labels(meta.name, meta.version, "preprocess").observe(time.perf_counter() - started)
         outputs = await asyncio.gather(*(batcher.submit(p.array) for p in prepared))
-        started = time.perf_counter()
-        predictions = [
-            Prediction(p, out, model.task.postprocess(out, p.geometry, meta, params))
-            for p, out in zip(prepared, outputs, strict=True)
-        ]
-        stage.labels(meta.name, meta.version, "postprocess").observe(time.perf_counter() - started)
+
+        def postprocess() -> list[Prediction]:
+            started = time.perf_counter()
+            predictions = [
+                Prediction(p, out, model.task.postprocess(out, p.geometry, meta, params))
+                for p, out in zip(prepared, outputs, strict=True)
+            ]
+            stage.labels(meta.name, meta.version, "postprocess").observe(time.perf_counter() - started)
+            return predictions
+
+        # Light postprocessing (top-k, box mapping) costs less than a thread hop; masks do not.
+        if model.task.inline_postprocess:
+            predictions = postprocess()
+        else:
+            predictions = await asyncio.get_running_loop().run_in_executor(self._prep_pool, postprocess)
         self.metrics.images.labels(meta.name, meta.version, meta.task).inc(len(files))
         return predictions
 
+    async def offload(self, function: Any, *args: Any) -> Any:
+        """Run blocking work (rendering, encoding, file I/O) on the preprocessing threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._prep_pool, function, *args)
+
     async def run_batch(self, model: LoadedModel, batch: np.ndarray) -> list[Outputs]:
-        """Evaluation's route into the batcher, so it shares the model fairly with live traffic."""
+        """Evaluation's route into the batcher, so it shares the model fairly with live traffic. Its images
+        are never refused, but they count in the backlog live requests are admitted against."""
         batcher = self.batcher(model)
-        return list(await asyncio.gather(*(batcher.submit(a) for a in batch)))
+        self.admission.admit_unchecked(model.key, len(batch))
+        try:
+            return list(await asyncio.gather(*(batcher.submit(a) for a in batch)))
+        finally:
+            self.admission.release(model.key, len(batch))
 
     def shutdown(self) -> None:
         self._infer_pool.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import onnxruntime as ort
 
 from service.errors import UnknownModel, WrongTask
 from service.metadata import ModelMetadata, sha256_file
-from service.runtime import create_session
+from service.runtime import create_busy_session, create_session
 from service.settings import Settings
 from service.tasks import get_task
 from service.tasks.base import Outputs, ServeTask
@@ -36,12 +37,15 @@ class LoadedModel:
     provider: str
     path: Path
     task: ServeTask
+    busy_session: ort.InferenceSession | None = None  # CPU, spinning auto: the non-spinning one, for batches
     input_name: str = field(init=False)
     output_names: list[str] = field(init=False)
+    default_params: Any = field(init=False)  # the task's parameters for this model, built once
 
     def __post_init__(self) -> None:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.default_params = self.task.default_params(self.metadata)
 
     @property
     def key(self) -> str:
@@ -52,15 +56,16 @@ class LoadedModel:
         spec = self.metadata.input
         return spec.max_batch_size if not spec.dynamic_batch else None
 
-    def run(self, batch: np.ndarray) -> list[Outputs]:
+    def run(self, batch: np.ndarray, busy: bool = False) -> list[Outputs]:
         """Run a stacked uint8 batch; returns one output dict per image. Graphs without a dynamic batch
-        run image by image."""
+        run image by image. `busy`: the worker has more work waiting (see runtime.create_busy_session)."""
+        session = self.busy_session if busy and self.busy_session is not None else self.session
         if self.metadata.input.dynamic_batch:
-            arrays = self.session.run(self.output_names, {self.input_name: batch})
+            arrays = session.run(self.output_names, {self.input_name: batch})
             return [{n: a[i] for n, a in zip(self.output_names, arrays, strict=True)} for i in range(len(batch))]
         results: list[Outputs] = []
         for image in batch:
-            arrays = self.session.run(self.output_names, {self.input_name: image[None]})
+            arrays = session.run(self.output_names, {self.input_name: image[None]})
             results.append({n: a[0] for n, a in zip(self.output_names, arrays, strict=True)})
         return results
 
@@ -91,7 +96,23 @@ def load_model(version_dir: Path, settings: Settings) -> LoadedModel:
     session, provider = create_session(onnx_path, settings)
     model = LoadedModel(metadata=metadata, session=session, provider=provider, path=version_dir, task=task)
     warm_up(model, settings)
+    if provider == "cpu":
+        model.busy_session = create_busy_session(onnx_path, settings, lone_image_seconds(model))
+        if model.busy_session is not None:
+            warm_up(model, settings)
     return model
+
+
+def lone_image_seconds(model: LoadedModel) -> float:
+    """The median of three runs of one image: what a request alone on the worker costs the session."""
+    spec = model.metadata.input
+    image = np.zeros((1, 3, spec.height, spec.width), dtype=np.uint8)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        model.run(image)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[1]
 
 
 def warm_up(model: LoadedModel, settings: Settings) -> None:
@@ -100,7 +121,8 @@ def warm_up(model: LoadedModel, settings: Settings) -> None:
     sizes = [1] if spec.max_batch_size == 1 else [1, 2]
     for _ in range(settings.warmup_runs):
         for n in sizes:
-            model.run(np.zeros((n, 3, spec.height, spec.width), dtype=np.uint8))
+            for busy in (False, True) if model.busy_session is not None else (False,):
+                model.run(np.zeros((n, 3, spec.height, spec.width), dtype=np.uint8), busy)
 
 
 class ModelRepository:

@@ -33,8 +33,12 @@ class Settings(BaseSettings):
     # 0 means "cores / workers", so the default never oversubscribes the machine.
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(1, ge=1)
-    intra_op_spinning: bool = Field(
-        True, description="ORT threads spin between runs (lower latency; the cores stay busy while idle)."
+    intra_op_spinning: Literal["auto", "true", "false"] = Field(
+        "auto",
+        description=(
+            "ORT threads spin-wait for work: lower latency, but the cores stay busy. auto (CPU): a spinning session "
+            "for lone images, a second, non-spinning one for batches, so decoding gets the cores under load."
+        ),
     )
 
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch the batcher forms.")
@@ -45,6 +49,31 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     max_archive_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="Largest uncompressed archive.")
     max_archive_members: int = Field(100_000, ge=1)
+    # Multipart forms are parsed in memory; these bound what one body may make the parser hold.
+    max_form_parts: int = Field(128, ge=1, le=100_000, description="Most parts (files and fields) one form may hold.")
+    max_field_bytes: int = Field(
+        64 * 1024, ge=64, description="Largest text field value (model, top_k, classes, ...) in bytes."
+    )
+    max_filename_length: int = Field(255, ge=1, le=4096, description="Longest uploaded file name, in UTF-8 bytes.")
+
+    # Overload: a request is refused with 503 before any work when its images would wait too long.
+    max_queue_images: int = Field(
+        256, ge=1, description="Most images admitted per model and worker (waiting, decoding or running)."
+    )
+    latency_budget_ms: float = Field(
+        1000.0,
+        ge=1,
+        description="Refuse a request (503 overloaded) whose images the worker's backlog would delay past this.",
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, le=3600, description="On SIGTERM: how long requests already accepted may take to finish."
+    )
+
+    api_keys: str = Field(
+        "", description="Comma-separated API keys (NAME:KEY names a key in metrics); empty: no key needed."
+    )
+    api_keys_file: Path | None = Field(None, description="A file of API keys, one per line (NAME:KEY or KEY).")
+    protect_metrics: bool = Field(False, description="/metrics needs an API key too (when keys are set).")
     default_top_k: int = Field(5, ge=1)
     warmup_runs: int = Field(1, ge=0)
     verify_sha256: bool = True

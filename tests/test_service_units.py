@@ -73,7 +73,7 @@ def test_sha_mismatch_is_not_served(tmp_path: Path) -> None:
 def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
     sizes: list[int] = []
 
-    def run(batch: np.ndarray) -> list[dict[str, np.ndarray]]:
+    def run(batch: np.ndarray, busy: bool = False) -> list[dict[str, np.ndarray]]:
         time.sleep(0.01)
         return [{"y": x * 2} for x in batch]
 
@@ -83,7 +83,7 @@ def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
             max_batch_size=8,
             max_wait_s=0.05,
             executor=ThreadPoolExecutor(1),
-            on_batch=lambda n, _: sizes.append(n),
+            on_batch=lambda n, *_: sizes.append(n),
         )
         batcher.expect(20)
         results = await asyncio.gather(*(batcher.submit(np.array([i])) for i in range(20)))

@@ -49,12 +49,14 @@ async def evaluate_folder(
                 raise
         return prepared
 
+    def postprocess_chunk(chunk: list[Prepared], chunk_outputs: list[Outputs]) -> list[dict[str, Any]]:
+        return [task.postprocess(out, p.geometry, meta, params) for p, out in zip(chunk, chunk_outputs, strict=True)]
+
     for start in range(0, len(dataset.items), batch_size):
         chunk = await loop.run_in_executor(executor, prepare_chunk, dataset.items[start : start + batch_size])
         chunk_outputs = await run_batch(model, np.stack([p.array for p in chunk]))
-        for prepared, out in zip(chunk, chunk_outputs, strict=True):
-            outputs.append(out)
-            results.append(task.postprocess(out, prepared.geometry, meta, params))
+        outputs.extend(chunk_outputs)
+        results.extend(await loop.run_in_executor(executor, postprocess_chunk, chunk, chunk_outputs))
     metrics = await loop.run_in_executor(executor, task.compute_metrics, dataset, outputs, results, meta)
     return {
         "model": {"name": meta.name, "version": meta.version, "task": meta.task},

@@ -33,9 +33,14 @@ class ServeTask(ABC):
 
     name: ClassVar[str]
     params_model: ClassVar[type[BaseModel]]
+    # True where postprocess() costs less than handing it to a thread (no per-pixel work).
+    inline_postprocess: ClassVar[bool] = True
 
     def default_params(self, metadata: ModelMetadata) -> BaseModel:
         return self.params_model()
+
+    def check_params(self, params: Any, metadata: ModelMetadata) -> None:  # noqa: B027 (a hook: most tasks need none)
+        """Refuse, before any work, parameters that only make sense against the model (e.g. class names)."""
 
     def preprocess(self, image: DecodedImage, metadata: ModelMetadata) -> tuple[np.ndarray, Geometry]:
         return to_model_input(image, metadata.input, metadata.preprocessing)

@@ -85,6 +85,9 @@ class DetectionTask(ServeTask):
             max_detections=int(metadata.params.get("max_detections", 100)),
         )
 
+    def check_params(self, params: Any, metadata: ModelMetadata) -> None:
+        class_filter(params.classes, metadata.labels)
+
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
         indices = select_detections(outputs, params, metadata.labels)
         boxes = to_image_boxes(outputs["boxes"][indices], geometry)

@@ -21,7 +21,7 @@ from service.tasks import register_task
 from service.tasks.base import EvalDataset, Outputs, ServeTask
 from service.tasks.coco import load_coco_dataset, public_info, run_cocoeval
 from service.tasks.coco_masks import load_checked_coco
-from service.tasks.detection import DetectionParams, select_detections, to_image_boxes
+from service.tasks.detection import DetectionParams, class_filter, select_detections, to_image_boxes
 from service.tasks.masks import MaskFormat, encode_mask
 
 MASK_THRESHOLD = 0.5
@@ -55,12 +55,16 @@ def paste_mask(mask: np.ndarray, box: np.ndarray, width: int, height: int) -> np
 class InstanceSegmentationTask(ServeTask):
     name = "instance-segmentation"
     params_model = InstanceParams
+    inline_postprocess = False  # masks at the image's size, encoded
 
     def default_params(self, metadata: ModelMetadata) -> InstanceParams:
         return InstanceParams(
             score_threshold=max(0.5, float(metadata.params.get("score_threshold", 0.0))),
             max_detections=int(metadata.params.get("max_detections", 100)),
         )
+
+    def check_params(self, params: Any, metadata: ModelMetadata) -> None:
+        class_filter(params.classes, metadata.labels)
 
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
         indices = select_detections(outputs, params, metadata.labels)

@@ -39,6 +39,7 @@ def class_map_at_image_size(outputs: Outputs, geometry: Geometry) -> np.ndarray:
 class SegmentationTask(ServeTask):
     name = "segmentation"
     params_model = SegmentationParams
+    inline_postprocess = False  # masks at the image's size, encoded
 
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
         class_map = class_map_at_image_size(outputs, geometry)

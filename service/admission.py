@@ -1,0 +1,87 @@
+"""Overload control: a request is admitted only when its images can finish within the latency budget.
+
+Per worker, every model's admitted images (waiting, decoding or running) are counted, and each model has an
+estimated cost in worker seconds per image. The estimate comes from the batches themselves: while a model
+is backlogged (more of its images were waiting when a batch started), the time between the end of one batch
+and the end of the next, per image, is what the whole worker (decoding, HTTP, inference) really takes per
+image; otherwise a batch's own run time per image is the best (optimistic) figure there is. A request
+whose images would finish later than the budget, or push a model past its queue limit, is refused at once
+with 503 and a `Retry-After` of the time the backlog needs: no decoding, no queueing, no waiting.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from service.errors import Overloaded
+
+_ALPHA = 0.2  # weight of a new sample in the moving average: a few batches move the estimate
+
+
+@dataclass
+class _ModelLoad:
+    pending: int = 0
+    cost_s: float = 0.0  # estimated worker seconds per image; 0 until a batch has run
+
+
+class Admission:
+    def __init__(self, *, max_queue_images: int, latency_budget_s: float) -> None:
+        self.max_queue_images = max_queue_images
+        self.latency_budget_s = latency_budget_s
+        self._models: dict[str, _ModelLoad] = {}
+        self._last_batch_end = 0.0
+
+    def _load(self, key: str) -> _ModelLoad:
+        load = self._models.get(key)
+        if load is None:
+            load = self._models[key] = _ModelLoad()
+        return load
+
+    def backlog_s(self) -> float:
+        """Estimated seconds until every admitted image of every model is done (one inference thread)."""
+        return sum(m.pending * m.cost_s for m in self._models.values())
+
+    def admit(self, key: str, images: int) -> None:
+        """Count `images` in for model `key`, or raise Overloaded without counting anything."""
+        load = self._load(key)
+        if load.pending + images > self.max_queue_images:
+            raise self._refusal(
+                f"model {key} has {load.pending} images queued; the limit is {self.max_queue_images} "
+                "(OPTIC_MAX_QUEUE_IMAGES)"
+            )
+        backlog = self.backlog_s()
+        finish_s = backlog + images * load.cost_s
+        if backlog > 0 and finish_s > self.latency_budget_s:
+            raise self._refusal(
+                f"the images queued would keep this request waiting about {finish_s * 1000:.0f} ms; the budget "
+                f"is {self.latency_budget_s * 1000:.0f} ms (OPTIC_LATENCY_BUDGET_MS)",
+                backlog,
+            )
+        load.pending += images
+
+    def admit_unchecked(self, key: str, images: int) -> None:
+        """Evaluation's images: never refused half-way through a data set, but counted, so live requests
+        see the backlog they make."""
+        self._load(key).pending += images
+
+    def release(self, key: str, images: int) -> None:
+        load = self._load(key)
+        load.pending = max(0, load.pending - images)
+
+    def observe_batch(self, key: str, size: int, started: float, ended: float, backlogged: bool) -> None:
+        load = self._load(key)
+        if backlogged and self._last_batch_end and self._last_batch_end < ended:
+            sample = (ended - max(self._last_batch_end, started - 1.0)) / size
+        else:
+            sample = (ended - started) / size
+        load.cost_s = sample if load.cost_s == 0.0 else (1 - _ALPHA) * load.cost_s + _ALPHA * sample
+        self._last_batch_end = ended
+
+    def pending(self, key: str) -> int:
+        return self._load(key).pending
+
+    def _refusal(self, message: str, backlog_s: float | None = None) -> Overloaded:
+        wait = self.backlog_s() if backlog_s is None else backlog_s
+        retry_after = min(60, max(1, math.ceil(wait)))
+        return Overloaded(f"overloaded: {message}; retry in {retry_after} s", headers={"retry-after": str(retry_after)})

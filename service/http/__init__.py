@@ -1,0 +1,1 @@
+"""optic's own HTTP layer inside BentoML's process: form parsing, endpoints, the guard, OpenAPI."""
