@@ -18,7 +18,7 @@ import numpy as np
 
 from service.tasks.base import Outputs
 
-log = logging.getLogger("optic")
+log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers, format and level
 RunBatch = Callable[[np.ndarray, bool], list[Outputs]]  # (batch, busy: more work is waiting)
 
 

@@ -19,7 +19,7 @@ from service.settings import Settings
 from service.tasks import get_task
 from service.tasks.base import Outputs, ServeTask
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bentoml.optic")
 
 
 class ModelLoadError(RuntimeError):

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from service.settings import Provider, Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("bentoml.optic")
 
 _PROVIDER_CHAINS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],

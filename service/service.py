@@ -10,6 +10,7 @@ in the pipeline's batcher.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from importlib.metadata import PackageNotFoundError
@@ -28,7 +29,7 @@ from service.repository import ModelRepository
 from service.settings import get_settings
 from service.shutdown import Drain
 
-log = logging.getLogger("optic")
+log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers, format and level
 
 ROUTES_APP = OpticApp(ROUTES)
 GUARD = GuardState()
@@ -69,6 +70,9 @@ class Optic:
         self.pipeline = Pipeline(self.repository, self.settings, self.metrics)
         self._arm_guard()
         ROUTES_APP.bind(self, GUARD.count_error)
+        # Models, sessions and metadata live as long as the worker: out of the collector's sight, a full
+        # collection stays short instead of pausing every request (and probe) while it walks them.
+        gc.freeze()
         self.ready = True
 
     def _arm_guard(self) -> None:
@@ -79,7 +83,9 @@ class Optic:
         GUARD.protect_metrics = self.settings.protect_metrics
         GUARD.drain = Drain(self.settings.shutdown_grace_s)
         GUARD.drain.install(asyncio.get_running_loop())
-        GUARD.docs = lambda: build_spec(Optic.openapi_spec.asdict(), ROUTES, _optic_version())  # type: ignore[attr-defined]
+        names = self.repository.names() + [m.key for m in self.repository]
+        base_spec = Optic.openapi_spec.asdict  # type: ignore[attr-defined]
+        GUARD.docs = lambda: build_spec(base_spec(), ROUTES, _optic_version(), names)
         if GUARD.keys.enabled:
             ids = ", ".join(k.key_id for k in GUARD.keys.keys)
             log.info("API keys required (%d keys: %s)", len(GUARD.keys.keys), ids)

@@ -19,7 +19,7 @@ import time
 from types import FrameType
 from typing import Any
 
-log = logging.getLogger("optic")
+log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers, format and level
 
 
 class Drain:

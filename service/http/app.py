@@ -25,7 +25,7 @@ from service.http.multipart import FormLimits, FormReader, Part
 if TYPE_CHECKING:
     from service.service import Optic
 
-log = logging.getLogger("optic")
+log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers, format and level
 
 REASON_HEADER = b"x-optic-error-reason"
 Scope = dict[str, Any]

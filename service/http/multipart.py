@@ -120,6 +120,7 @@ class FormReader:
             raise MalformedRequest("the multipart boundary is not 1-70 characters of those RFC 2046 allows")
         self._current: Part | None = None
         self._headers: list[list[bytes]] = []
+        self._field, self._value = b"", b""
         self._header_bytes = 0
         self._ended = False
         self._error: OpticError | None = None
@@ -129,6 +130,7 @@ class FormReader:
                 "on_part_begin": self._on_part_begin,
                 "on_header_field": self._on_header_field,
                 "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
                 "on_headers_finished": self._on_headers_finished,
                 "on_part_data": self._on_part_data,
                 "on_end": self._on_end,
@@ -149,6 +151,7 @@ class FormReader:
                 )
             )
         self._headers = []
+        self._field, self._value = b"", b""
         self._header_bytes = 0
         self._current = None
 
@@ -157,13 +160,18 @@ class FormReader:
         if self._header_bytes > MAX_PART_HEADER_BYTES:
             self._fail(MalformedRequest(f"a multipart part's headers exceed {MAX_PART_HEADER_BYTES} bytes"))
 
+    # A header's name and value may each arrive in pieces (any chunk boundary); on_header_end closes it.
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._count_header(end - start)
-        self._headers.append([data[start:end], b""])
+        self._field += data[start:end]
 
     def _on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._count_header(end - start)
-        self._headers[-1][1] += data[start:end]
+        self._value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers.append([self._field, self._value])
+        self._field, self._value = b"", b""
 
     def _on_headers_finished(self) -> None:
         headers = {name.strip().lower(): value.strip() for name, value in self._headers}

@@ -33,7 +33,7 @@ ERRORS = {
 }
 
 
-def _form_schema(route: Route) -> dict[str, Any]:
+def _form_schema(route: Route, models: list[str]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     encoding: dict[str, Any] = {}
     for f in route.files:
@@ -46,6 +46,8 @@ def _form_schema(route: Route) -> dict[str, Any]:
         encoding[f.name] = {"contentType": ARCHIVE_TYPES if route.large_body else IMAGE_TYPES}
     for t in route.texts:
         properties[t.name] = {**t.schema, "description": t.description}
+        if t.name == "model" and models:
+            properties[t.name]["examples"] = models
     required = [f.name for f in route.files] + [t.name for t in route.texts if t.required]
     return {
         "required": True,
@@ -58,7 +60,7 @@ def _form_schema(route: Route) -> dict[str, Any]:
     }
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _operation(route: Route, models: list[str]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, spec in route.responses.items():
         responses[status] = {"content": {"application/json": {}}, **spec}
@@ -75,11 +77,12 @@ def _operation(route: Route) -> dict[str, Any]:
         "responses": responses,
     }
     if route.takes_form:
-        operation["requestBody"] = _form_schema(route)
+        operation["requestBody"] = _form_schema(route, models)
     return operation
 
 
-def build_spec(base: dict[str, Any], routes: list[Route], version: str) -> dict[str, Any]:
+def build_spec(base: dict[str, Any], routes: list[Route], version: str, models: list[str]) -> dict[str, Any]:
+    """`models`: the loaded models' names (and name:version), shown as examples of the `model` field."""
     spec = copy.deepcopy(base)
     spec.setdefault("info", {}).update(
         title="optic",
@@ -91,7 +94,7 @@ def build_spec(base: dict[str, Any], routes: list[Route], version: str) -> dict[
     )
     paths = spec.setdefault("paths", {})
     for route in routes:
-        paths[route.path] = {route.method.lower(): _operation(route)}
+        paths[route.path] = {route.method.lower(): _operation(route, models)}
     spec.setdefault("components", {}).setdefault("schemas", {})["OpticError"] = ERROR_SCHEMA
     spec["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "Only when OPTIC_API_KEYS is set."},

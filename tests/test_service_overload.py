@@ -1,0 +1,122 @@
+"""Overload: four times the measured capacity for 30 s. Only 200s and 503s; the accepted stay within the latency
+budget; probes stay fast; the server is back to normal within a second of the load stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import TEST_LIMITS
+from tests.helpers import get_metrics, metric_value
+from tests.load import open_loop, percentile, request
+from tests.server import Server, start_server
+
+MODEL = "shapes-instances"  # the slowest demo model: four times its capacity is cheap to send
+BUDGET_S = 1.0
+BOUNDARY = "overload-7f3a"
+
+
+def _body(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=85)
+    dash = f"--{BOUNDARY}\r\n".encode()
+    return b"".join([
+        dash, b'Content-Disposition: form-data; name="model"\r\n\r\n', MODEL.encode(), b"\r\n",
+        dash, b'Content-Disposition: form-data; name="images"; filename="p.jpg"\r\nContent-Type: image/jpeg\r\n\r\n',
+        buffer.getvalue(), b"\r\n", f"--{BOUNDARY}--\r\n".encode(),
+    ])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def busy_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {**TEST_LIMITS, "OPTIC_LATENCY_BUDGET_MS": str(int(BUDGET_S * 1000))}
+    handle = start_server(repository, tmp_path_factory.mktemp("overload") / "serve.log", env=env)
+    yield handle
+    handle.stop()
+
+
+def _capacity(server: Server, bodies: list[bytes], seconds: float = 4.0) -> float:
+    """Closed loop, 8 clients: what the server does when every client waits for its answer."""
+    deadline = time.monotonic() + seconds
+    headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+    def client(i: int) -> int:
+        done = 0
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() < deadline:
+                assert http.post(f"{server.url}/segment", content=bodies[i % 4], headers=headers).status_code == 200
+                done += 1
+        return done
+
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(client, range(8))) / seconds
+
+
+def test_four_times_capacity_is_shed_politely(busy_server: Server) -> None:
+    server = busy_server
+    host, port = server.url.removeprefix("http://").split(":")
+    bodies = [_body(seed) for seed in range(4)]
+    content_type = f"multipart/form-data; boundary={BOUNDARY}"
+    capacity = _capacity(server, bodies)
+    before = get_metrics(server.url)
+
+    async def overload() -> tuple[list, list, list, list]:
+        idle = await open_loop(host, int(port), "/segment", bodies, content_type, rate=2, seconds=2)
+        probes: list[tuple[str, int, float]] = []
+        stop = asyncio.Event()
+
+        async def probe() -> None:
+            while not stop.is_set():
+                for path in ("/livez", "/readyz", "/metrics"):
+                    started = time.perf_counter()
+                    status, _, _ = await request(host, int(port), "GET", path, timeout_s=10)
+                    probes.append((path, status, time.perf_counter() - started))
+                await asyncio.sleep(0.2)
+
+        prober = asyncio.create_task(probe())
+        loaded = await open_loop(host, int(port), "/segment", bodies, content_type, rate=4 * capacity, seconds=30)
+        stop.set()
+        await prober
+        await asyncio.sleep(1.0)  # "back to normal within a second of the load stopping"
+        after = await open_loop(host, int(port), "/segment", bodies, content_type, rate=2, seconds=3)
+        return idle, loaded, probes, after
+
+    idle, loaded, probes, after = asyncio.run(overload())
+    statuses = Counter(s.status for s in loaded)
+    assert set(statuses) == {200, 503}, statuses
+    accepted = [s.latency_s for s in loaded if s.status == 200]
+    refused = [s for s in loaded if s.status == 503]
+    assert len(accepted) >= 0.5 * capacity * 30, f"only {len(accepted)} accepted at capacity {capacity:.1f}/s"
+    assert percentile(accepted, 99) <= BUDGET_S, f"accepted p99 {percentile(accepted, 99):.3f} s"
+    assert percentile([s.latency_s for s in refused], 99) < 0.1, "refusals must be quick"
+    sample = refused[0]
+    assert sample.headers["retry-after"].isdigit() and int(sample.headers["retry-after"]) >= 1
+    assert b'"reason":"overloaded"' in sample.body and b"OPTIC_LATENCY_BUDGET_MS" in sample.body
+
+    for path, limit in (("/livez", 0.1), ("/readyz", 0.1), ("/metrics", 0.25)):
+        times = [t for p, status, t in probes if p == path and status == 200]
+        assert len(times) == len([p for p, _, _ in probes if p == path]) and times, f"{path} failed under load"
+        assert max(times) < limit, f"{path} took {max(times) * 1000:.0f} ms under overload"
+
+    assert {s.status for s in after} == {200}
+    normal = percentile([s.latency_s for s in idle], 50)
+    assert percentile([s.latency_s for s in after], 50) <= 2 * normal + 0.02, "latency did not recover"
+
+    text = get_metrics(server.url)
+    counted = metric_value(text, "optic_errors_total", endpoint="/segment", reason="overloaded") - metric_value(
+        before, "optic_errors_total", endpoint="/segment", reason="overloaded"
+    )
+    assert counted == len(refused)
+    assert metric_value(text, "optic_errors_total", reason="internal_error") == 0
+    assert server.process.poll() is None
