@@ -60,7 +60,8 @@ def raw_post(server: Server, path: str, body: bytes, content_type: bytes | None 
 
 
 HOSTILE = {
-    "broken_framing": (_image() + b"--" + BOUNDARY + b"\r\nContent-Disp", CT, 400, "malformed_request", "closing boundary"),
+    "broken_framing": (_image() + b"--" + BOUNDARY + b"\r\nContent-Disp", CT, 400, "malformed_request",
+                       "closing boundary"),
     "missing_boundary": (_image() + END, b"multipart/form-data", 400, "malformed_request", "no boundary"),
     "too_many_parts": (b"".join(_part(b'name="x"', b"1") for _ in range(200)) + _image() + END, CT, 413,
                        "too_many_parts", "OPTIC_MAX_FORM_PARTS"),
@@ -119,7 +120,8 @@ def test_a_url_sent_where_a_file_belongs_is_never_fetched(server: Server) -> Non
     for path in ("/classify", "/detect", "/segment"):
         response = httpx.post(f"{server.url}{path}", data={"images": f"http://127.0.0.1:{port}/cat.jpg"}, timeout=30)
         assert response.status_code == 422 and response.json()["reason"] == "expected_file", response.text
-    response = httpx.post(f"{server.url}/evaluate", data={"dataset": f"http://127.0.0.1:{port}/d.zip", "model": "digits"})
+    form = {"dataset": f"http://127.0.0.1:{port}/d.zip", "model": "digits"}
+    response = httpx.post(f"{server.url}/evaluate", data=form, timeout=30)
     assert response.status_code == 422 and response.json()["reason"] == "expected_file", response.text
     thread.join()
     listener.close()
@@ -129,8 +131,8 @@ def test_a_url_sent_where_a_file_belongs_is_never_fetched(server: Server) -> Non
 def test_a_body_shorter_than_declared_does_not_hang_or_crash(server: Server) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: " + CT + b"\r\nContent-Length: 100000\r\n\r\n"
-                     + _image())
+        head = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: " + CT + b"\r\nContent-Length: 100000\r\n\r\n"
+        sock.sendall(head + _image())
     ok = httpx.post(f"{server.url}/classify", files=[("images", ("a.png", _png(), "image/png"))], timeout=30)
     assert ok.status_code == 200
 
