@@ -11,6 +11,48 @@ import tempfile
 from pathlib import Path
 
 TRAINING_COMMANDS = ("data", "train", "export")
+# What the `train` extra brings (pyproject.toml); each is looked up, not imported, before training starts.
+TRAINING_MODULES = ("torch", "torchvision", "onnx", "onnxscript", "matplotlib", "skimage", "tqdm")
+
+
+def _missing_training_modules() -> list[str]:
+    import importlib.util
+
+    missing = []
+    for name in TRAINING_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: a module entry that is None (blocked)
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def settings_problems(overrides: dict[str, object] | None = None) -> list[str]:
+    """Every invalid OPTIC_* value, one line each: the variable, what it was given, and the rule it breaks."""
+    from pydantic import ValidationError
+
+    from service.auth import ApiKeyError, load_keys
+    from service.settings import Settings
+
+    try:
+        settings = Settings(**(overrides or {}))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if field:
+                problems.append(f"OPTIC_{field.upper()}={error.get('input')!r}: {message}")
+            else:
+                problems.append(message)
+        return problems
+    try:
+        load_keys(settings.api_keys, settings.api_keys_file)
+    except ApiKeyError as exc:
+        return [str(exc)]
+    return []
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -74,6 +116,11 @@ def _serve(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.repository:
         env["OPTIC_MODEL_REPOSITORY"] = str(Path(args.repository).resolve())
+    problems = settings_problems({"model_repository": env["OPTIC_MODEL_REPOSITORY"]} if args.repository else None)
+    if problems:
+        for problem in problems:
+            print(f"optic serve: {problem}", file=sys.stderr)
+        return 2
     problem = _preflight_provider(Path(env.get("OPTIC_MODEL_REPOSITORY", "models")))
     if problem:
         print(f"optic serve: {problem}", file=sys.stderr)
@@ -107,11 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in TRAINING_COMMANDS:
-        try:
-            from training.cli import main as training_main
-        except ImportError as exc:
-            print(f"optic {argv[0]} needs the training extra: pip install 'optic[train]' ({exc})", file=sys.stderr)
+        missing = _missing_training_modules()
+        if missing:
+            print(
+                f"optic {argv[0]} needs the training extra, which is not installed (missing: {', '.join(missing)}): "
+                "pip install 'optic[train]' (or `make test`, which installs it in .venv)",
+                file=sys.stderr,
+            )
             return 2
+        from training.cli import main as training_main
+
         return training_main(argv)
     args = build_parser().parse_args(argv)
     return int(args.func(args))

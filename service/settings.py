@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         cores = _cpu_count()
         if self.intra_op_threads and self.workers * self.intra_op_threads > cores:
             raise ValueError(
-                f"workers x intra_op_threads = {self.workers} x {self.intra_op_threads} exceeds the "
+                f"OPTIC_WORKERS x OPTIC_INTRA_OP_THREADS = {self.workers} x {self.intra_op_threads} exceeds the "
                 f"{cores} cores available; lower one of them (0 threads means cores / workers)"
             )
         return self

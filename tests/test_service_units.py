@@ -98,7 +98,7 @@ def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
 def test_lone_request_does_not_wait() -> None:
     async def main() -> float:
         batcher = MicroBatcher(
-            lambda b: [{"y": x} for x in b], max_batch_size=8, max_wait_s=1.0, executor=ThreadPoolExecutor(1)
+            lambda b, busy: [{"y": x} for x in b], max_batch_size=8, max_wait_s=1.0, executor=ThreadPoolExecutor(1)
         )
         started = time.perf_counter()
         await batcher.submit(np.zeros(1))
