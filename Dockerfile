@@ -11,7 +11,8 @@
 
 # CUDA 13 + cuDNN 9: what onnxruntime-gpu 1.31 is built against. Move both together.
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
-ARG ORT_PACKAGE=onnxruntime-gpu==1.31.*
+# Named without a version, the ORT package gets uv.lock's onnxruntime version (deploy/container/requirements.py).
+ARG ORT_PACKAGE=onnxruntime-gpu
 
 FROM ${BASE_IMAGE} AS python
 # The CUDA images carry no Python; Debian/Ubuntu bases with python3 and venv already are left alone.
@@ -26,16 +27,20 @@ RUN if ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
 
 FROM python AS build
 ARG ORT_PACKAGE
+ARG UV_VERSION=0.13.9
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_CONFIG_FILE=/run/secrets/pip.conf \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 RUN python3 -m venv /opt/optic
-# Dependencies first: this layer is rebuilt only when pyproject.toml or the ORT choice changes.
-COPY pyproject.toml deploy/container/requirements.py ./
+# Dependencies first, exactly as uv.lock pins them: rebuilt only when the lock or the ORT choice changes.
+# uv only exports the lock here; it stays in the build stage.
+COPY pyproject.toml uv.lock deploy/container/requirements.py ./
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-cert \
-    python3 requirements.py pyproject.toml "${ORT_PACKAGE}" > requirements.txt \
+    python3 -m venv /opt/uv && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}" \
+    && /opt/uv/bin/uv export --frozen --no-emit-project --no-hashes --format requirements-txt > locked.txt \
+    && python3 requirements.py locked.txt "${ORT_PACKAGE}" > requirements.txt \
     && /opt/optic/bin/pip install --no-cache-dir -r requirements.txt
 COPY README.md ./
 COPY service/ service/

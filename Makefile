@@ -3,27 +3,31 @@ PYTHON ?= python3
 VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 3000
+# An OPTIC_MODEL_REPOSITORY in the environment wins over the committed demo models.
+OPTIC_MODEL_REPOSITORY ?= models
 BIN := $(VENV)/bin
-UV := $(BIN)/uv pip install --python $(BIN)/python --quiet
+UV_VERSION := 0.13.9
+# Every install comes from uv.lock: the versions the tests passed with (uv lock refreshes it).
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --python $(BIN)/python --quiet
 
 .PHONY: serve test test-unit test-integration lint bench demo-models clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/python -m pip install --quiet --upgrade pip "uv==$(UV_VERSION)"
 
 # Serving only: no torch.
-$(VENV)/.serve: pyproject.toml | $(BIN)/uv
-	$(UV) -e .
+$(VENV)/.serve: uv.lock pyproject.toml | $(BIN)/uv
+	$(SYNC)
 	touch $@
 
 # Everything: training (torch, torchvision, onnx) and the test and lint tools.
-$(VENV)/.dev: pyproject.toml | $(BIN)/uv
-	$(UV) -e ".[train,dev]"
+$(VENV)/.dev: uv.lock pyproject.toml | $(BIN)/uv
+	$(SYNC) --extra train --extra dev
 	touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve
-	$(BIN)/optic serve --host $(HOST) --port $(PORT) --repository models
+	$(BIN)/optic serve --host $(HOST) --port $(PORT) --repository $(OPTIC_MODEL_REPOSITORY)
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -m "not container"

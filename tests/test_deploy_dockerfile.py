@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,35 @@ def test_hadolint_reports_nothing_at_warning_level() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("ort", ["onnxruntime-gpu==1.31.*", "onnxruntime"])
-def test_requirements_swap_onnxruntime_and_carry_no_torch(ort: str) -> None:
-    requirements = _requirements_module().serving_requirements(ROOT / "pyproject.toml", ort)
+def _locked(tmp_path: Path) -> Path:
+    """What the Dockerfile's build stage exports from uv.lock."""
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not installed (make test installs it in .venv)")
+    out = tmp_path / "locked.txt"
+    result = subprocess.run([uv, "export", "--frozen", "--no-emit-project", "--no-hashes", "--format",
+                             "requirements-txt", "-o", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.mark.parametrize("ort", ["onnxruntime-gpu", "onnxruntime-gpu==1.31.1", "onnxruntime"])
+def test_requirements_are_the_lock_with_onnxruntime_swapped(ort: str, tmp_path: Path) -> None:
+    locked = _locked(tmp_path)
+    requirements = _requirements_module().serving_requirements(locked, ort)
     names = [re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in requirements]  # type: ignore[union-attr]
-    assert names.count("onnxruntime") + names.count("onnxruntime-gpu") == 1
-    assert requirements[-1] == ort
-    assert not {"torch", "torchvision", "onnx"} & set(names)
+    assert not {"torch", "torchvision", "onnx", "pytest"} & set(names), "training or test packages in the image"
+    assert "onnxruntime" not in names or ort == "onnxruntime"
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    versions = {(p["name"], p["version"]) for p in lock["package"]}
+    for line in requirements:
+        name, _, rest = line.partition("==")
+        version = rest.split(";")[0].strip()
+        assert "==" in line, f"{line}: not pinned"
+        if name not in ("onnxruntime-gpu",):
+            assert (name.lower(), version) in versions, f"{line}: not what uv.lock pins"
+    ort_lines = [line for line in requirements if line.startswith(ort.split("==")[0] + "==")]
+    assert ort_lines and all(line.split("==")[1].split(";")[0].strip() for line in ort_lines)
 
 
 def test_image_defaults() -> None:

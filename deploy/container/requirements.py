@@ -1,9 +1,12 @@
-"""Print the project's serving requirements, with ONNX Runtime swapped for the build's choice.
+"""The image's requirements: the lock's serving set (`uv export`), with ONNX Runtime swapped for the build's.
 
 `pip install .` would pull the CPU `onnxruntime`; a GPU image wants `onnxruntime-gpu` instead, and the
-two cannot live side by side (both install the `onnxruntime` module). Run with Python 3.11+ (tomllib).
+two cannot live side by side (both install the `onnxruntime` module). Every other line stays pinned as
+uv.lock has it; an ORT package named without a version gets the locked onnxruntime version.
+Run with Python 3.11+.
 
-    python3 requirements.py pyproject.toml onnxruntime-gpu > requirements.txt
+    uv export --frozen --no-emit-project --no-hashes --format requirements-txt > locked.txt
+    python3 requirements.py locked.txt onnxruntime-gpu > requirements.txt
 """
 
 from __future__ import annotations
@@ -12,16 +15,29 @@ import re
 import sys
 from pathlib import Path
 
-import tomllib
+_REQUIREMENT = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)(?P<rest>.*)$")
 
 
-def serving_requirements(pyproject: Path, ort_package: str) -> list[str]:
-    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    name = re.compile(r"^\s*([A-Za-z0-9._-]+)")
-    kept = [d for d in dependencies if name.match(d).group(1).lower().replace("_", "-") != "onnxruntime"]  # type: ignore[union-attr]
-    if len(kept) == len(dependencies):
-        raise SystemExit(f"{pyproject}: no onnxruntime dependency to replace with {ort_package}")
-    return [*kept, ort_package]
+def serving_requirements(locked: Path, ort_package: str) -> list[str]:
+    """The exported lines (comments dropped), `onnxruntime==V ; markers` turned into the chosen package."""
+    chosen = _REQUIREMENT.match(ort_package.strip())
+    if chosen is None:
+        raise SystemExit(f"not a requirement: {ort_package!r}")
+    lines, swapped = [], 0
+    for line in locked.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        match = _REQUIREMENT.match(line)
+        if match and match.group("name").lower().replace("_", "-") == "onnxruntime":
+            swapped += 1
+            version, _, markers = match.group("rest").partition(";")
+            pinned = chosen.group("rest").strip() or version.strip()
+            line = f"{chosen.group('name')}{pinned}" + (f" ;{markers}" if markers else "")
+        lines.append(line)
+    if not swapped:
+        raise SystemExit(f"{locked}: no onnxruntime requirement to replace with {ort_package}")
+    return lines
 
 
 if __name__ == "__main__":
