@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 # Every install comes from uv.lock: the versions the tests passed with (uv lock refreshes it).
 SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --python $(BIN)/python --quiet
 
-.PHONY: serve test test-unit test-integration lint bench demo-models clean
+.PHONY: serve test test-unit test-integration lint bench bench-soak demo-models clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,12 @@ lint: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
+# Needs wrk (apt-get install -y wrk). bench-soak: 10 minutes at 70 % of the measured capacity.
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench.run
+
+bench-soak: $(VENV)/.dev
+	$(BIN)/python -m bench.soak
 
 # Rebuilds the committed demo models from package-shipped data (see README: "Demo models").
 demo-models: $(VENV)/.dev

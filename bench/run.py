@@ -1,10 +1,13 @@
-"""`python -m bench.run`: the service over HTTP against the raw ONNX Runtime limit, per model, one machine.
+"""`python -m bench.run`: optic over HTTP against the raw ONNX Runtime limit and the peer, per model, one machine.
 
 1. Builds the fixed JPEG set (bench.images).
-2. For each selected model, measures the raw in-process limit at each concurrency (bench.raw), with the
-   server not yet running, so nothing competes for the cores.
-3. Starts the real `bentoml serve` (bench.server) and drives it with closed-loop clients (bench.http_load).
-4. Prints a table per model and writes bench/results/<UTC timestamp>.json and latest.json (bench.report).
+2. For each selected model, measures the raw in-process limit at each concurrency (bench.raw), with no
+   server running, so nothing competes for the cores.
+3. Starts the real `bentoml serve` (bench.server) and drives it with wrk (bench.wrk: c connections, each
+   sending its next request as soon as the last is answered, one image per request).
+4. Stops it, starts the peer (bench.peer: FastAPI + uvicorn[standard] + ORT, the same models and ORT
+   threads) and drives it the same way.
+5. Prints a table per model and writes bench/results/<UTC timestamp>.json and latest.json (bench.report).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ENDPOINTS
-from bench.http_load import CONTENT_TYPE, multipart_body, run_load
+from bench.http_load import CONTENT_TYPE, multipart_body
 from bench.images import HEIGHT, QUALITY, WIDTH, fingerprint, make_images
 from bench.machine import (
     BUSY_WARNING,
@@ -37,6 +40,7 @@ from bench.machine import (
 from bench.raw import find_version_dirs, measure, service_batch_size
 from bench.report import level_row, print_model, raw_summary, service_summary, targets, write_json
 from bench.server import HOST, Server, get, running_server, scrape
+from bench.wrk import BodySet, WrkMissing, run_wrk, wrk_binary
 from service.repository import LoadedModel, ModelLoadError, load_model
 from service.settings import Settings
 
@@ -64,6 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--images", type=int, default=32, help="how many 640x480 JPEGs (default: 32)")
     add("--output-dir", type=Path, default=RESULTS, help="where the JSON goes (default: bench/results)")
     add("--no-service", action="store_true", help="measure the raw limit only")
+    add("--no-peer", action="store_true", help="leave out the FastAPI peer")
     add("--nice", type=int, default=0, metavar="N",
         help="run the benchmark and the server N steps ahead of other processes (needs root; for shared "
              "machines: other work then takes less of the cores while measuring)")
@@ -80,10 +85,10 @@ def _selected(version_dir: Path, wanted: set[str]) -> bool:
     return not wanted or name in wanted or f"{name}:{version}" in wanted
 
 
-def _probe(server: Server) -> dict[str, Any]:
-    """CPU counters first (they bound the window), then the server's histograms."""
+def _probe(server: Server, metrics: bool) -> dict[str, Any]:
+    """CPU counters first (they bound the window), then the server's histograms (optic only)."""
     return {"time": time.perf_counter(), "machine_s": machine_busy_s(), "client_cpu_s": own_cpu_s(),
-            "server_cpu_s": server.cpu_seconds(), "metrics": scrape(server.port)}
+            "server_cpu_s": server.cpu_seconds(), "metrics": scrape(server.port) if metrics else {}}
 
 
 def measure_raw(args: argparse.Namespace, settings: Settings, images: list[Any], levels: list[int],
@@ -110,27 +115,38 @@ def measure_raw(args: argparse.Namespace, settings: Settings, images: list[Any],
 
 
 def measure_service(args: argparse.Namespace, server: Server, images: list[Any], levels: list[int],
-                    result: dict[str, Any]) -> None:
-    bodies = [multipart_body(image, result["model"]) for image in images]
-    conn_status, conn_body = _one_request(server, result["endpoint"], bodies[0])
-    services: dict[int, dict[str, Any] | None] = dict.fromkeys(levels)
+                    result: dict[str, Any], arm: str) -> None:
+    """One arm ("service": optic, or "peer") at every concurrency, with wrk."""
+    raw_bodies = [multipart_body(image, result["model"]) for image in images]
+    conn_status, conn_body = _one_request(server, result["endpoint"], raw_bodies[0])
+    found: dict[int, dict[str, Any] | None] = dict.fromkeys(levels)
+    result.setdefault("arms", {})[arm] = found
     if conn_status != 200:
-        print(f"service: {result['model']}: first request got {conn_status}: {conn_body[:300]!r}; skipped")
-        result["service_error"] = f"{conn_status}: {conn_body[:300].decode(errors='replace')}"
-    else:
-        print(f"service: {result['model']} on {result['endpoint']}")
+        print(f"{arm}: {result['model']}: first request got {conn_status}: {conn_body[:300]!r}; skipped")
+        result[f"{arm}_error"] = f"{conn_status}: {conn_body[:300].decode(errors='replace')}"
+        return
+    print(f"{arm}: {result['model']} on {result['endpoint']}")
+    url = f"http://{HOST}:{server.port}{result['endpoint']}"
+    with BodySet(raw_bodies) as bodies:
         for c in levels:
             def level(c: int = c) -> dict[str, Any]:
-                load = run_load(server.port, result["endpoint"], bodies, c, warmup_s=args.warmup,
-                                seconds=args.seconds, probe=lambda: _probe(server))
-                return service_summary(load, result["model"], result["endpoint"])
+                run_wrk(url, bodies, CONTENT_TYPE, connections=c, seconds=args.warmup)
+                start = _probe(server, arm == "service")
+                load = run_wrk(url, bodies, CONTENT_TYPE, connections=c, seconds=args.seconds)
+                end = _probe(server, arm == "service")
+                return service_summary(load, (start, end), result["model"], result["endpoint"])
 
-            summary = services[c] = _quietly(level, args.busy_retries)
-            print(f"  c={c:<3} {summary['images_per_s']:8.1f} img/s  p50 {summary['p50_ms'] or 0:.2f} ms  "
+            summary = found[c] = _quietly(level, args.busy_retries)
+            print(f"  c={c:<3} {summary['images_per_s']:8.1f} img/s  p50 {summary['p50_ms']:.2f} ms  "
                   f"errors {sum(summary['errors'].values())}{_busy_note(summary)}")
+
+
+def finish_levels(result: dict[str, Any], levels: list[int]) -> None:
     raw = result.pop("raw_levels")
-    result["levels"] = [level_row(c, raw[c], services[c]) for c in levels]
-    result["targets"] = targets(result["levels"])
+    arms = result.pop("arms", {})
+    result["levels"] = [level_row(c, raw[c], (arms.get("service") or {}).get(c), (arms.get("peer") or {}).get(c))
+                        for c in levels]
+    result["targets"] = targets(result["levels"], result["task"])
 
 
 def _quietly(measure_level: Callable[[], dict[str, Any]], retries: int) -> dict[str, Any]:
@@ -215,23 +231,29 @@ def _run(args: argparse.Namespace, levels: list[int], argv: list[str]) -> int:
                 print(f"skipping {version_dir}: {exc}", file=sys.stderr)
         if not args.no_service:
             try:
+                wrk_binary()
+            except WrkMissing as exc:
+                print(f"service: {exc}", file=sys.stderr)
+                report["service_error"] = str(exc)
+                args.no_service = True
+        arms = [] if args.no_service else [("service", False)] + ([] if args.no_peer else [("peer", True)])
+        for arm, peer in arms:
+            try:
                 server_env = dict(args.server_env)
-                with running_server(settings.model_repository, env=server_env) as server:
+                with running_server(settings.model_repository, env=server_env, peer=peer) as server:
                     if args.nice:  # BentoML's workers start sessions of their own: raise each session once
                         for pid in {os.getsid(pid): pid for pid in server.processes()}.values():
                             raise_priority(pid, args.nice)
-                    status, body = get(server.port, "/models")
-                    report["served_models"] = json.loads(body) if status == 200 else f"HTTP {status}"
+                    if not peer:
+                        status, body = get(server.port, "/models")
+                        report["served_models"] = json.loads(body) if status == 200 else f"HTTP {status}"
                     for result in results:
-                        measure_service(args, server, images, levels, result)
-            except RuntimeError as exc:  # the server did not start: keep the raw numbers
-                print(f"service: {exc}", file=sys.stderr)
-                report["service_error"] = str(exc)[-4000:]
+                        measure_service(args, server, images, levels, result, arm)
+            except RuntimeError as exc:  # the server did not start: keep the other numbers
+                print(f"{arm}: {exc}", file=sys.stderr)
+                report[f"{arm}_error"] = str(exc)[-4000:]
         for result in results:
-            if "raw_levels" in result:  # the service was not measured
-                raw = result.pop("raw_levels")
-                result["levels"] = [level_row(c, raw[c], None) for c in levels]
-                result["targets"] = targets(result["levels"])
+            finish_levels(result, levels)
         report["models"] = results
     except KeyboardInterrupt:
         print("interrupted; the server is stopped", file=sys.stderr)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,17 +104,27 @@ class Server:
                     os.kill(pid, signal.SIGKILL)  # a worker the arbiter left behind
 
 
-def start_server(repository: Path, *, env: dict[str, str] | None = None, timeout_s: float = 180.0) -> Server:
-    port = free_port()
+def optic_command(port: int) -> list[str]:
     bentoml = Path(sys.executable).parent / "bentoml"
+    return [str(bentoml) if bentoml.exists() else "bentoml", "serve", "service.service:Optic",
+            "--host", HOST, "--port", str(port)]
+
+
+def peer_command(port: int) -> list[str]:
+    """bench/peer.py under uvicorn with its [standard] extras (uvloop, httptools), one worker."""
+    return [sys.executable, "-m", "uvicorn", "--factory", "bench.peer:create_app", "--host", HOST, "--port",
+            str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--workers", "1"]
+
+
+def start_server(repository: Path, *, env: dict[str, str] | None = None, timeout_s: float = 180.0,
+                 command: Callable[[int], list[str]] = optic_command, ready_path: str = "/readyz") -> Server:
+    port = free_port()
     full_env = {**os.environ, "OPTIC_MODEL_REPOSITORY": str(repository.resolve()),
                 "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
     handle = tempfile.NamedTemporaryFile(prefix="optic-bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
     log_path = Path(handle.name)
     process = subprocess.Popen(
-        [str(bentoml) if bentoml.exists() else "bentoml", "serve", "service.service:Optic",
-         "--host", HOST, "--port", str(port)],
-        cwd=ROOT, env=full_env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        command(port), cwd=ROOT, env=full_env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     handle.close()
@@ -125,12 +135,12 @@ def start_server(repository: Path, *, env: dict[str, str] | None = None, timeout
             if process.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{server.log_tail()}")
             try:
-                if get(port, "/readyz", timeout=2.0)[0] == 200:
+                if get(port, ready_path, timeout=2.0)[0] == 200:
                     return server
             except (OSError, http.client.HTTPException):
                 pass
             time.sleep(0.25)
-        raise RuntimeError(f"bentoml serve not ready after {timeout_s:.0f}s:\n{server.log_tail()}")
+        raise RuntimeError(f"{command(port)[0]} not ready after {timeout_s:.0f}s:\n{server.log_tail()}")
     except BaseException:
         server.stop()
         raise
@@ -153,8 +163,10 @@ def scrape(port: int) -> dict[str, float]:
 
 
 @contextmanager
-def running_server(repository: Path, *, env: dict[str, str] | None = None) -> Iterator[Server]:
-    server = start_server(repository, env=env)
+def running_server(repository: Path, *, env: dict[str, str] | None = None, peer: bool = False) -> Iterator[Server]:
+    """optic (`bentoml serve`), or with `peer` the FastAPI peer, on a free port; always stopped."""
+    server = start_server(repository, env=env, command=peer_command if peer else optic_command,
+                          ready_path="/livez" if peer else "/readyz")
     try:
         yield server
     finally:

@@ -47,6 +47,11 @@ class MicroBatcher:
         self._expected = 0
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._running = False
+
+    def idle(self) -> bool:
+        """Nothing queued, on its way or running: a new image has no company to wait for."""
+        return not self._running and self._expected <= 0 and self._queue.empty()
 
     def expect(self, count: int) -> None:
         """Announce images being decoded now that will be submitted soon (negative to withdraw)."""
@@ -85,6 +90,7 @@ class MicroBatcher:
             batch = await self._collect()
             backlogged = not self._queue.empty() or self._expected > 0  # more was waiting as this batch started
             started = time.perf_counter()
+            self._running = True
             try:
                 stacked = np.stack([p.array for p in batch])
                 busy = backlogged or len(batch) > 1
@@ -96,6 +102,8 @@ class MicroBatcher:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
                 continue
+            finally:
+                self._running = False
             ended = time.perf_counter()
             for pending, output in zip(batch, outputs, strict=True):
                 if not pending.future.done():

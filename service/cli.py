@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TRAINING_COMMANDS = ("data", "train", "export")
 # What the `train` extra brings (pyproject.toml); each is looked up, not imported, before training starts.
@@ -29,7 +30,7 @@ def _missing_training_modules() -> list[str]:
     return missing
 
 
-def settings_problems(overrides: dict[str, object] | None = None) -> list[str]:
+def settings_problems(overrides: dict[str, Any] | None = None) -> list[str]:
     """Every invalid OPTIC_* value, one line each: the variable, what it was given, and the rule it breaks."""
     from pydantic import ValidationError
 
@@ -121,9 +122,9 @@ def _serve(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"optic serve: {problem}", file=sys.stderr)
         return 2
-    problem = _preflight_provider(Path(env.get("OPTIC_MODEL_REPOSITORY", "models")))
-    if problem:
-        print(f"optic serve: {problem}", file=sys.stderr)
+    provider_problem = _preflight_provider(Path(env.get("OPTIC_MODEL_REPOSITORY", "models")))
+    if provider_problem:
+        print(f"optic serve: {provider_problem}", file=sys.stderr)
         return 3
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     command = [bentoml, "serve", "service.service:Optic", "--host", args.host, "--port", str(args.port)]

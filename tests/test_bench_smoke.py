@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,12 @@ def test_short_full_run(tmp_path: Path) -> None:
     repository = ROOT / "models"
     if not repository.is_dir() or not find_version_dirs(repository):
         pytest.skip("no model in the repository")
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed: apt-get install -y wrk (the CI script does)")
     from bench.run import main
 
-    code = main(["--repository", str(repository), "--concurrency", "1,2", "--seconds", "0.5",
-                 "--warmup", "0.3", "--raw-seconds", "0.2", "--raw-repeats", "1", "--images", "4",
+    code = main(["--repository", str(repository), "--models", "digits,shapes", "--concurrency", "1,2",
+                 "--seconds", "1", "--warmup", "1", "--raw-seconds", "0.2", "--raw-repeats", "1", "--images", "4",
                  "--busy-retries", "0", "--output-dir", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "latest.json").read_text())
@@ -50,4 +53,7 @@ def test_short_full_run(tmp_path: Path) -> None:
         assert [level["concurrency"] for level in model["levels"]] == [1, 2]
         for level in model["levels"]:
             assert level["raw"]["images_per_s"] > 0
-            assert level["service"]["images_per_s"] > 0 and not level["service"]["errors"]
+            for arm in ("service", "peer"):
+                assert level[arm]["images_per_s"] > 0 and not level[arm]["errors"], (arm, level[arm])
+            assert level["service"]["client_cores"] < 0.5, "the load generator must stay cheap"
+        assert set(model["targets"]) >= {"throughput"}
