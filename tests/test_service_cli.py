@@ -23,7 +23,8 @@ def test_bad_settings_stop_optic_serve_with_one_line_each() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert sorted(lines) == sorted([
-        "optic serve: OPTIC_MAX_BATCH_SIZE='abc': Input should be a valid integer, unable to parse string as an integer",
+        "optic serve: OPTIC_MAX_BATCH_SIZE='abc': Input should be a valid integer, unable to parse string as an "
+        "integer",
         "optic serve: OPTIC_LATENCY_BUDGET_MS='0': Input should be greater than or equal to 1",
         "optic serve: OPTIC_PROVIDER='tpu': Input should be 'auto', 'cuda', 'tensorrt' or 'cpu'",
     ])  # fmt: skip
