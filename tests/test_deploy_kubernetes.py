@@ -189,3 +189,14 @@ def test_configmap_holds_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None
     parsed = settings_module.Settings()
     assert parsed.provider == "cuda"
     assert parsed.workers * parsed.ort_intra_op_threads <= cpu_limit
+
+
+def test_termination_grace_covers_the_drain() -> None:
+    """The kubelet waits terminationGracePeriodSeconds in all, preStop included, before SIGKILL."""
+    pod = by_kind("Deployment")["spec"]["template"]["spec"]
+    command = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
+    drain = float(by_kind("ConfigMap")["data"]["OPTIC_SHUTDOWN_GRACE_S"])
+    assert pre_stop >= 5, "a pause for endpoints to drop the pod before SIGTERM"
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 5
