@@ -43,24 +43,25 @@ def session_options(settings: Settings, *, spinning: bool | None = None) -> ort.
     return options
 
 
-# A model whose lone image runs faster than this is cheap next to decoding a photo: under load its batches run
-# on one thread, leaving the other cores to decoding (digits/1: 664 -> 699 img/s at concurrency 16 on 2 cores);
-# a heavier one keeps every thread (shapes/2: 45 img/s with 2 threads, 36 with 1).
+# A model whose lone image runs faster than this is cheap next to decoding a photo: under load, decoding is
+# most of the work, and ORT's threads spinning between runs take the cores it needs.
 CHEAP_MODEL_S = 0.002
 
 
 def create_busy_session(path: Path, settings: Settings, lone_image_s: float) -> ort.InferenceSession | None:
-    """With OPTIC_INTRA_OP_SPINNING=auto on the CPU: a second session whose threads never spin, for batches.
+    """With OPTIC_INTRA_OP_SPINNING=auto on the CPU, a cheap model gets a second session for batches: one
+    thread, never spinning, so decoding keeps the other cores.
 
-    Spinning threads answer a lone image fastest; under load they spin on cores that decoding needs
-    (measured on the 2-core machine: digits at concurrency 16, 536 img/s spinning against 698 not). Two
-    sessions give each case its own: the batcher picks one per batch (`LoadedModel.run(busy=...)`).
+    Spinning threads answer a lone image fastest; under load they spin on cores that decoding needs. Measured
+    on the 2-core machine at concurrency 16: digits/1 (0.5 ms an image) 536 img/s with one spinning session,
+    698 with a non-spinning one of two threads, 736 with one thread. A heavier model is the other way round:
+    its batches are mostly inference, which spinning speeds up (shapes/2 at concurrency 4: 23.8 ms an image
+    without spinning, 15.8 with), so it keeps its one spinning session for everything.
     """
-    if settings.intra_op_spinning != "auto" or settings.ort_intra_op_threads < 2:
+    if settings.intra_op_spinning != "auto" or settings.ort_intra_op_threads < 2 or lone_image_s >= CHEAP_MODEL_S:
         return None
     options = session_options(settings, spinning=False)
-    if lone_image_s < CHEAP_MODEL_S:
-        options.intra_op_num_threads = 1
+    options.intra_op_num_threads = 1
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     intra_op_spinning: Literal["auto", "true", "false"] = Field(
         "auto",
         description=(
-            "ORT threads spin-wait for work: lower latency, but the cores stay busy. auto (CPU): a spinning session "
-            "for lone images, a second, non-spinning one for batches, so decoding gets the cores under load."
+            "ORT threads spin-wait for work: lower latency, but the cores stay busy. auto (CPU): models under 2 ms an "
+            "image get a second, one-thread, non-spinning session for batches, so decoding gets the cores under load."
         ),
     )
 
@@ -61,9 +61,12 @@ class Settings(BaseSettings):
         256, ge=1, description="Most images admitted per model and worker (waiting, decoding or running)."
     )
     latency_budget_ms: float = Field(
-        1000.0,
+        2000.0,
         ge=1,
-        description="Refuse a request (503 overloaded) whose images the worker's backlog would delay past this.",
+        description=(
+            "What accepted requests' p99 should stay within: a request the backlog would keep waiting past half "
+            "of it is refused at once (503 overloaded, Retry-After)."
+        ),
     )
     shutdown_grace_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM: how long requests already accepted may take to finish."

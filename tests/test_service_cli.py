@@ -50,3 +50,13 @@ def test_training_verbs_name_the_extra_when_it_is_missing() -> None:
         assert f"optic {verb} needs the training extra" in result.stderr
         assert "pip install 'optic[train]'" in result.stderr and "torch, torchvision" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_make_serve_honours_the_model_repository_setting(tmp_path: Path) -> None:
+    env = {**os.environ, "OPTIC_MODEL_REPOSITORY": str(tmp_path)}
+    result = subprocess.run(["make", "-n", "serve"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"optic serve --host 127.0.0.1 --port 3000 --repository {tmp_path}" in result.stdout.splitlines()[-1]
+    env.pop("OPTIC_MODEL_REPOSITORY")
+    result = subprocess.run(["make", "-n", "serve"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.stdout.splitlines()[-1].endswith("--repository models")
