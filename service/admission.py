@@ -1,10 +1,11 @@
 """Overload control: a request is admitted only when its images can finish within the latency budget.
 
 Per worker, every model's admitted images (waiting, decoding or running) are counted, and each model has an
-estimated cost in worker seconds per image. The estimate comes from the batches themselves: while a model
-is backlogged (more of its images were waiting when a batch started), the time between the end of one batch
-and the end of the next, per image, is what the whole worker (decoding, HTTP, inference) really takes per
-image; otherwise a batch's own run time per image is the best (optimistic) figure there is. A request
+estimated cost in worker seconds per image. The estimate comes from the batches themselves: a batch's
+images have been ready since the earliest of them was queued; from then, or from the end of the batch
+before if that came later, to the end of this one is what the whole worker (decoding, HTTP, inference, the
+other models' batches) took for them. Under load that is the worker's true pace; when idle it is one
+batch's own time. A request
 whose images would finish later than the budget, or push a model past its queue limit, is refused at once
 with 503 and a `Retry-After` of the time the backlog needs: no decoding, no queueing, no waiting.
 """
@@ -73,12 +74,10 @@ class Admission:
         load = self._load(key)
         load.pending = max(0, load.pending - images)
 
-    def observe_batch(self, key: str, size: int, started: float, ended: float, backlogged: bool) -> None:
+    def observe_batch(self, key: str, size: int, ready: float, ended: float) -> None:
+        """A batch of `size` images of model `key`, queued (ready to run) at `ready`, ended at `ended`."""
         load = self._load(key)
-        if backlogged and self._last_batch_end and self._last_batch_end < ended:
-            sample = (ended - max(self._last_batch_end, started - 1.0)) / size
-        else:
-            sample = (ended - started) / size
+        sample = (ended - max(self._last_batch_end, ready)) / size
         load.cost_s = sample if load.cost_s == 0.0 else (1 - _ALPHA) * load.cost_s + _ALPHA * sample
         self._last_batch_end = ended
 

@@ -26,6 +26,7 @@ RunBatch = Callable[[np.ndarray, bool], list[Outputs]]  # (batch, busy: more wor
 class _Pending:
     array: np.ndarray
     future: asyncio.Future[Outputs]
+    queued_at: float
 
 
 class MicroBatcher:
@@ -36,7 +37,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         executor: Executor,
-        on_batch: Callable[[int, float, float, bool], None] | None = None,
+        on_batch: Callable[[int, float, float, float], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -63,7 +64,7 @@ class MicroBatcher:
             self._task = asyncio.get_running_loop().create_task(self._loop())
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._expected = max(0, self._expected - 1)
-        self._queue.put_nowait(_Pending(array, future))
+        self._queue.put_nowait(_Pending(array, future, time.perf_counter()))
         self._arrived.set()
         return await future
 
@@ -110,7 +111,7 @@ class MicroBatcher:
                     pending.future.set_result(output)
             if self._on_batch is not None:
                 try:
-                    self._on_batch(len(batch), started, ended, backlogged)
+                    self._on_batch(len(batch), min(p.queued_at for p in batch), started, ended)
                 except Exception:  # bookkeeping never stops the loop that every request waits on
                     log.exception("batch bookkeeping failed")
 

@@ -70,10 +70,10 @@ class Pipeline:
             key = model.key
             admission = self.admission
 
-            def on_batch(size: int, started: float, ended: float, backlogged: bool) -> None:
+            def on_batch(size: int, queued: float, started: float, ended: float) -> None:
                 size_hist.observe(size)
                 infer_hist.observe(ended - started)
-                admission.observe_batch(key, size, started, ended, backlogged)
+                admission.observe_batch(key, size, queued, ended)
 
             lock = self._infer_lock
 
@@ -149,7 +149,7 @@ class Pipeline:
             )
             if isinstance(done, tuple):
                 predictions, run_started, run_ended = done
-                self.admission.observe_batch(model.key, 1, run_started, run_ended, False)
+                self.admission.observe_batch(model.key, 1, run_started, run_ended)
                 self.metrics.images.labels(meta.name, meta.version, meta.task).inc(1)
                 return predictions
             prepared = [done]  # an inference started meanwhile: join the batch

@@ -53,10 +53,14 @@ def test_training_verbs_name_the_extra_when_it_is_missing() -> None:
 
 
 def test_make_serve_honours_the_model_repository_setting(tmp_path: Path) -> None:
-    env = {**os.environ, "OPTIC_MODEL_REPOSITORY": str(tmp_path)}
-    result = subprocess.run(["make", "-n", "serve"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert f"optic serve --host 127.0.0.1 --port 3000 --repository {tmp_path}" in result.stdout.splitlines()[-1]
-    env.pop("OPTIC_MODEL_REPOSITORY")
-    result = subprocess.run(["make", "-n", "serve"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert result.stdout.splitlines()[-1].endswith("--repository models")
+    def serve_line(env: dict[str, str]) -> str:
+        env = {k: v for k, v in env.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
+        result = subprocess.run(["make", "--no-print-directory", "-n", "serve"], env=env, capture_output=True,
+                                text=True, cwd=ROOT, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return next(line for line in result.stdout.splitlines() if " serve --host " in line)
+
+    assert serve_line({**os.environ, "OPTIC_MODEL_REPOSITORY": str(tmp_path)}).endswith(f"--repository {tmp_path}")
+    assert serve_line({k: v for k, v in os.environ.items() if k != "OPTIC_MODEL_REPOSITORY"}).endswith(
+        "--repository models"
+    )

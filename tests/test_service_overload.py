@@ -47,7 +47,7 @@ def busy_server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def _capacity(server: Server, bodies: list[bytes], seconds: float = 4.0) -> float:
-    """Closed loop, 8 clients: what the server does when every client waits for its answer."""
+    """Closed loop, 4 clients: what the server does when every client waits for its answer (answers only)."""
     deadline = time.monotonic() + seconds
     headers = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
 
@@ -55,12 +55,13 @@ def _capacity(server: Server, bodies: list[bytes], seconds: float = 4.0) -> floa
         done = 0
         with httpx.Client(timeout=30) as http:
             while time.monotonic() < deadline:
-                assert http.post(f"{server.url}/segment", content=bodies[i % 4], headers=headers).status_code == 200
-                done += 1
+                status = http.post(f"{server.url}/segment", content=bodies[i % 4], headers=headers).status_code
+                assert status in (200, 503)
+                done += status == 200
         return done
 
-    with ThreadPoolExecutor(8) as pool:
-        return sum(pool.map(client, range(8))) / seconds
+    with ThreadPoolExecutor(4) as pool:
+        return sum(pool.map(client, range(4))) / seconds
 
 
 def test_four_times_capacity_is_shed_politely(busy_server: Server) -> None:

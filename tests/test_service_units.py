@@ -139,3 +139,24 @@ def test_archive_limits(tmp_path: Path) -> None:
     (tmp_path / "junk.zip").write_bytes(b"PK\x03\x04junk")
     with pytest.raises(InvalidArchive):
         extract_archive(tmp_path / "junk.zip", tmp_path / "junk", max_bytes=20_000, max_members=5)
+
+
+def test_admission_refuses_past_the_budget_and_never_a_lone_request() -> None:
+    from service.admission import Admission
+    from service.errors import Overloaded
+
+    admission = Admission(max_queue_images=100, latency_budget_s=1.0)
+    admission.admit("m:1", 64)  # nothing queued: a lone request always gets in, however big
+    admission.release("m:1", 64)
+    admission.observe_batch("m:1", 10, ready=100.0, ended=100.5)  # 50 ms an image
+    admission.observe_batch("m:1", 10, ready=200.0, ended=200.5)  # an idle gap before it is not cost
+    assert abs(admission._load("m:1").cost_s - 0.05) < 1e-9
+    admission.admit("m:1", 9)  # 0.45 s of backlog: within half the budget
+    with pytest.raises(Overloaded) as refused:
+        admission.admit("m:1", 2)  # 0.55 s
+    assert refused.value.status_code == 503 and refused.value.headers == {"retry-after": "1"}
+    assert "OPTIC_LATENCY_BUDGET_MS" in refused.value.message
+    assert admission.pending("m:1") == 9, "a refusal counts nothing in"
+    admission.admit_unchecked("m:1", 50)  # evaluation: never refused
+    with pytest.raises(Overloaded, match="OPTIC_MAX_QUEUE_IMAGES"):
+        Admission(max_queue_images=4, latency_budget_s=1.0).admit("x:1", 5)
