@@ -45,6 +45,17 @@ def prepare(model: LoadedModel, data: bytes | Path, filename: str, max_pixels: i
     return Prepared(decoded, array, geometry)
 
 
+@dataclass(frozen=True)
+class _Series:
+    """One model's labelled metric series, looked up once (a labels() call per observation adds up)."""
+
+    preprocess: Any
+    inference: Any
+    postprocess: Any
+    batch_size: Any
+    images: Any
+
+
 class Pipeline:
     def __init__(self, repository: ModelRepository, settings: Settings, metrics: Metrics) -> None:
         self.repository = repository
@@ -57,6 +68,7 @@ class Pipeline:
         self._infer_lock = threading.Lock()
         self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="optic-prep")
         self._batchers: dict[str, MicroBatcher] = {}
+        self._model_series: dict[str, _Series] = {}
         self.admission = Admission(
             max_queue_images=settings.max_queue_images, latency_budget_s=settings.latency_budget_ms / 1000
         )
@@ -112,45 +124,62 @@ class Pipeline:
 
     def _alone(
         self, model: LoadedModel, name: str, data: bytes | Path, params: Any
-    ) -> Prepared | tuple[list[Prediction], float, float]:
+    ) -> Prepared | tuple[list[Prediction], tuple[float, float, float, float]]:
         """On a preprocessing thread: decode, and when no inference is running, run and postprocess the image
         right here, in one hop from the event loop (the latency of a lone request). Else the prepared image,
         for the batcher."""
-        meta = model.metadata
-        labels = (meta.name, meta.version)
-        stage = self.metrics.stage_seconds
         started = time.perf_counter()
         prepared = prepare(model, data, name, self.settings.max_image_pixels)
         decoded = time.perf_counter()
-        stage.labels(*labels, "preprocess").observe(decoded - started)
         if not self._infer_lock.acquire(blocking=False):
+            self._series(model).preprocess.observe(decoded - started)
             return prepared
         try:
             outputs = model.run(prepared.array[None], False)
         finally:
             self._infer_lock.release()
         ran = time.perf_counter()
-        result = model.task.postprocess(outputs[0], prepared.geometry, meta, params)
-        stage.labels(*labels, "inference").observe(ran - decoded)
-        stage.labels(*labels, "postprocess").observe(time.perf_counter() - ran)
-        self.metrics.batch_size.labels(*labels).observe(1)
-        return [Prediction(prepared, outputs[0], result)], decoded, ran
+        result = model.task.postprocess(outputs[0], prepared.geometry, model.metadata, params)
+        return [Prediction(prepared, outputs[0], result)], (started, decoded, ran, time.perf_counter())
+
+    def _record_alone(self, model: LoadedModel, times: tuple[float, float, float, float]) -> None:
+        """The metrics of a request that ran alone, recorded once its answer has gone out."""
+        started, decoded, ran, done = times
+        series = self._series(model)
+        series.preprocess.observe(decoded - started)
+        series.inference.observe(ran - decoded)
+        series.postprocess.observe(done - ran)
+        series.batch_size.observe(1)
+        series.images.inc(1)
+
+    def _series(self, model: LoadedModel) -> _Series:
+        series = self._model_series.get(model.key)
+        if series is None:
+            meta = model.metadata
+            stage = self.metrics.stage_seconds
+            series = self._model_series[model.key] = _Series(
+                preprocess=stage.labels(meta.name, meta.version, "preprocess"),
+                inference=stage.labels(meta.name, meta.version, "inference"),
+                postprocess=stage.labels(meta.name, meta.version, "postprocess"),
+                batch_size=self.metrics.batch_size.labels(meta.name, meta.version),
+                images=self.metrics.images.labels(meta.name, meta.version, meta.task),
+            )
+        return series
 
     async def _predict(
         self, model: LoadedModel, files: Sequence[tuple[str, bytes | Path]], params: Any
     ) -> list[Prediction]:
         meta = model.metadata
         batcher = self.batcher(model)
-        stage = self.metrics.stage_seconds
         if len(files) == 1 and batcher.idle():
             name, data = files[0]
             done = await asyncio.get_running_loop().run_in_executor(
                 self._prep_pool, self._alone, model, name, data, params
             )
             if isinstance(done, tuple):
-                predictions, run_started, run_ended = done
-                self.admission.observe_batch(model.key, 1, run_started, run_ended)
-                self.metrics.images.labels(meta.name, meta.version, meta.task).inc(1)
+                predictions, times = done
+                self.admission.observe_batch(model.key, 1, times[1], times[2])
+                asyncio.get_running_loop().call_soon(self._record_alone, model, times)  # after the answer is sent
                 return predictions
             prepared = [done]  # an inference started meanwhile: join the batch
         else:
@@ -161,7 +190,7 @@ class Pipeline:
             except BaseException:
                 batcher.expect(-len(files))
                 raise
-            stage.labels(meta.name, meta.version, "preprocess").observe(time.perf_counter() - started)
+            self._series(model).preprocess.observe(time.perf_counter() - started)
         outputs = await asyncio.gather(*(batcher.submit(p.array) for p in prepared))
 
         def postprocess() -> list[Prediction]:
@@ -170,7 +199,7 @@ class Pipeline:
                 Prediction(p, out, model.task.postprocess(out, p.geometry, meta, params))
                 for p, out in zip(prepared, outputs, strict=True)
             ]
-            stage.labels(meta.name, meta.version, "postprocess").observe(time.perf_counter() - started)
+            self._series(model).postprocess.observe(time.perf_counter() - started)
             return predictions
 
         # Light postprocessing (top-k, box mapping) costs less than a thread hop; masks do not.
@@ -178,7 +207,7 @@ class Pipeline:
             predictions = postprocess()
         else:
             predictions = await asyncio.get_running_loop().run_in_executor(self._prep_pool, postprocess)
-        self.metrics.images.labels(meta.name, meta.version, meta.task).inc(len(files))
+        self._series(model).images.inc(len(files))
         return predictions
 
     async def offload(self, function: Any, *args: Any) -> Any:

@@ -29,10 +29,11 @@ def text_part(name: str, value: bytes) -> bytes:
 
 
 def read(data: bytes, content_type: str = CT, chunk: int = 0, limits: FormLimits = LIMITS) -> list:
+    """chunk 0: the body whole (the fast path where it is well framed); else in pieces (python-multipart)."""
     reader = FormReader(content_type, limits)
     step = chunk or len(data) or 1
     for start in range(0, len(data), step):
-        reader.feed(data[start : start + step])
+        reader.feed(data[start : start + step], final=start + step >= len(data))
     return reader.finish()
 
 
@@ -75,10 +76,26 @@ CASES = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("chunk", [0, 5])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_body_is_refused_with_its_reason(case: str) -> None:
+def test_bad_body_is_refused_with_its_reason(case: str, chunk: int) -> None:
     reason, status, words, data, content_type = CASES[case]
-    refused(reason, status, words, data, content_type)
+    refused(reason, status, words, data, content_type, chunk=chunk)
+
+
+def test_a_preamble_is_refused_either_way() -> None:
+    data = b"preamble text\r\n" + body(text_part("model", b"m"), file_part())
+    for chunk in (0, 3):
+        refused("malformed_request", 400, "malformed multipart", data, chunk=chunk)
+
+
+@pytest.mark.parametrize("data", [
+    body(text_part("model", b"m")).replace(b"\r\n\r\nm", b"\r\nX-Extra:  spaced \r\n\r\nm"),
+    body(file_part()) + b"epilogue, ignored",
+])  # fmt: skip
+def test_the_fast_path_and_python_multipart_agree(data: bytes) -> None:
+    whole, pieces = read(data), read(data, chunk=3)
+    assert [(p.name, p.filename, p.data) for p in whole] == [(p.name, p.filename, p.data) for p in pieces]
 
 
 def test_urlencoded_text_fields_are_read_with_the_same_limits() -> None:

@@ -154,7 +154,7 @@ class Endpoint:
                 received += len(chunk)
                 if received > limit:
                     raise self._too_large(limit)
-                reader.feed(chunk)
+                reader.feed(chunk, final=not more)
                 if workdir is not None:
                     await self._spool(service, reader, workdir, files)
             parts = reader.finish()

@@ -1,7 +1,9 @@
 """Read an HTTP form body without trusting it: multipart/form-data (and urlencoded text fields).
 
-The byte-level work is python-multipart's streaming `MultipartParser`; everything it hands over is checked
-here against limits before it is kept: parts per body, header bytes per part, bytes per text field, file
+The byte-level work is python-multipart's streaming `MultipartParser`, except for the common case of a body
+that arrived whole and is framed exactly as clients write it: that one is split with `bytes.find` (a tenth
+of the cost); anything irregular goes to python-multipart, which then has the last word. Everything either
+hands over is checked here against limits before it is kept: parts per body, header bytes per part, bytes per text field, file
 name length and characters. Parts are held in memory (the body is already bounded by the route's limit),
 except file fields the caller asks to spool: their bytes are handed back by `take_spooled()` after each
 `feed()`, so the caller can write them to disk off the event loop. Every problem raises an `OpticError`
@@ -14,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import parse_qsl
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -104,6 +107,8 @@ class FormReader:
         self.limits = limits
         self.parts: list[Part] = []
         self._spool = spool or (lambda name: False)
+        self._spooling = spool is not None
+        self._fed = False
         self._urlencoded = media_type == b"application/x-www-form-urlencoded"
         self._raw = bytearray()
         if self._urlencoded:
@@ -118,14 +123,23 @@ class FormReader:
             raise MalformedRequest("the multipart/form-data Content-Type names no boundary")
         if not _BOUNDARY.match(boundary):
             raise MalformedRequest("the multipart boundary is not 1-70 characters of those RFC 2046 allows")
+        self._boundary = boundary
         self._current: Part | None = None
         self._headers: list[list[bytes]] = []
         self._field, self._value = b"", b""
         self._header_bytes = 0
         self._ended = False
         self._error: OpticError | None = None
-        self._parser = MultipartParser(
-            boundary,
+        self._parser: MultipartParser | None = None
+
+    def _streaming_parser(self) -> MultipartParser:
+        if self._parser is None:
+            self._parser = self._make_parser()
+        return self._parser
+
+    def _make_parser(self) -> MultipartParser:
+        return MultipartParser(
+            self._boundary,
             {
                 "on_part_begin": self._on_part_begin,
                 "on_header_field": self._on_header_field,
@@ -138,7 +152,7 @@ class FormReader:
         )
 
     # -- python-multipart callbacks: errors are kept and raised from feed(), outside the parser -----------
-    def _fail(self, error: OpticError) -> None:
+    def _fail(self, error: OpticError) -> NoReturn:
         if self._error is None:
             self._error = error
         raise error
@@ -174,25 +188,67 @@ class FormReader:
         self._field, self._value = b"", b""
 
     def _on_headers_finished(self) -> None:
-        headers = {name.strip().lower(): value.strip() for name, value in self._headers}
+        try:
+            part = self._make_part({name.strip().lower(): value.strip() for name, value in self._headers})
+        except OpticError as exc:
+            self._fail(exc)
+        self._current = part
+        self.parts.append(part)
+
+    def _make_part(self, headers: dict[bytes, bytes]) -> Part:
+        """A part from its headers (names lower-cased): form-data with a name, and a sound file name if any."""
         disposition = headers.get(b"content-disposition")
         if disposition is None:
-            self._fail(MalformedRequest("a multipart part has no Content-Disposition header"))
+            raise MalformedRequest("a multipart part has no Content-Disposition header")
         kind, options = parse_options_header(disposition)
         raw_name = options.get(b"name")
         if kind != b"form-data" or raw_name is None:
-            self._fail(MalformedRequest('a multipart part is not `Content-Disposition: form-data; name="..."`'))
-        assert raw_name is not None
+            raise MalformedRequest('a multipart part is not `Content-Disposition: form-data; name="..."`')
         name = _decode_header(raw_name, "field name")
         if len(raw_name) > 256 or _CONTROL.search(name):
-            self._fail(MalformedRequest("a multipart field name is over-long or holds control characters"))
+            raise MalformedRequest("a multipart field name is over-long or holds control characters")
         raw_filename = options.get(b"filename")
         filename = None if raw_filename is None else check_filename(raw_filename, self.limits.max_filename_length)
         content_type = headers.get(b"content-type", b"text/plain" if filename is None else b"").decode("latin-1")
         part = Part(name, filename, content_type)
         part.spooled = part.is_file and self._spool(name)
-        self._current = part
-        self.parts.append(part)
+        return part
+
+    def _split_whole(self, body: bytes) -> list[Part] | None:
+        """The fast path: a whole body, framed as clients write it (no preamble, CRLF everywhere, `Name: value`
+        header lines). None for anything else, which python-multipart then reads."""
+        delimiter = b"--" + self._boundary
+        separator = b"\r\n" + delimiter
+        if not body.startswith(delimiter):
+            return None
+        parts: list[Part] = []
+        pos = len(delimiter)
+        while not body.startswith(b"--", pos):
+            if not body.startswith(b"\r\n", pos):
+                return None
+            head = pos + 2
+            head_end = body.find(b"\r\n\r\n", head, head + MAX_PART_HEADER_BYTES + 4)
+            data_end = body.find(separator, head_end + 4) if head_end >= 0 else -1
+            if data_end < 0:
+                return None
+            headers = {}
+            for line in body[head:head_end].split(b"\r\n"):
+                name, colon, value = line.partition(b":")
+                if not colon or not name or name != name.strip():
+                    return None
+                headers[name.lower()] = value.strip()
+            if len(parts) >= self.limits.max_parts:
+                raise TooManyParts(f"the form has more than {self.limits.max_parts} parts (OPTIC_MAX_FORM_PARTS)")
+            part = self._make_part(headers)
+            part.size = data_end - head_end - 4
+            if not part.is_file and part.size > self.limits.max_field_bytes:
+                raise FieldTooLarge(
+                    f"form field {part.name!r} is over {self.limits.max_field_bytes} bytes (OPTIC_MAX_FIELD_BYTES)"
+                )
+            part.chunks.append(body[head_end + 4 : data_end])
+            parts.append(part)
+            pos = data_end + len(separator)
+        return parts
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self._current
@@ -212,7 +268,9 @@ class FormReader:
         self._ended = True
 
     # -- the caller's side -----------------------------------------------------------------------------
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, final: bool = False) -> None:
+        """`final`: this is the last of the body (then a body fed whole may take the fast path)."""
+        first, self._fed = not self._fed, True
         if not data:
             return
         if self._urlencoded:
@@ -220,8 +278,13 @@ class FormReader:
             return
         if self._error is not None:
             raise self._error
+        if first and final and not self._spooling:
+            parts = self._split_whole(data)
+            if parts is not None:
+                self.parts, self._ended = parts, True
+                return
         try:
-            self._parser.write(data)
+            self._streaming_parser().write(data)
         except OpticError:
             raise
         except Exception as exc:  # python-multipart's ParseError, and anything else it may raise on junk
