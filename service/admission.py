@@ -78,6 +78,8 @@ class Admission:
         """A batch of `size` images of model `key`, queued (ready to run) at `ready`, ended at `ended`."""
         load = self._load(key)
         sample = (ended - max(self._last_batch_end, ready)) / size
+        if load.cost_s:  # one stall (a page fault, a collection) moves the estimate, but not 100-fold
+            sample = min(sample, 4 * load.cost_s)
         load.cost_s = sample if load.cost_s == 0.0 else (1 - _ALPHA) * load.cost_s + _ALPHA * sample
         self._last_batch_end = ended
 

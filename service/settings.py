@@ -68,6 +68,12 @@ class Settings(BaseSettings):
             "of it is refused at once (503 overloaded, Retry-After)."
         ),
     )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=86400,
+        description="Longest a request may go without an answer (504 after): bounds a synchronous /evaluate.",
+    )
     shutdown_grace_s: float = Field(
         30.0, ge=0, le=3600, description="On SIGTERM: how long requests already accepted may take to finish."
     )

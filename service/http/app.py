@@ -143,6 +143,7 @@ class Endpoint:
         reader = FormReader(content_type.decode("latin-1"), limits, spool=self.route.spool.__contains__)
         files: dict[int, IO[bytes]] = {}
         received = 0
+        held: list[bytes] = []  # not spooled: the body is bounded, so it is parsed whole (the reader's fast path)
         try:
             more = True
             while more:
@@ -154,9 +155,13 @@ class Endpoint:
                 received += len(chunk)
                 if received > limit:
                     raise self._too_large(limit)
+                if workdir is None:
+                    held.append(chunk)
+                    if not more:
+                        reader.feed(held[0] if len(held) == 1 else b"".join(held), final=True)
+                    continue
                 reader.feed(chunk, final=not more)
-                if workdir is not None:
-                    await self._spool(service, reader, workdir, files)
+                await self._spool(service, reader, workdir, files)
             parts = reader.finish()
         finally:
             for handle in files.values():

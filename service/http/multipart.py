@@ -1,12 +1,12 @@
 """Read an HTTP form body without trusting it: multipart/form-data (and urlencoded text fields).
 
 The byte-level work is python-multipart's streaming `MultipartParser`, except for the common case of a body
-that arrived whole and is framed exactly as clients write it: that one is split with `bytes.find` (a tenth
-of the cost); anything irregular goes to python-multipart, which then has the last word. Everything either
-hands over is checked here against limits before it is kept: parts per body, header bytes per part, bytes
-per text field, file name length and characters. Parts are held in memory (the body is already bounded by the route's limit),
-except file fields the caller asks to spool: their bytes are handed back by `take_spooled()` after each
-`feed()`, so the caller can write them to disk off the event loop. Every problem raises an `OpticError`
+fed whole and framed exactly as clients write it: that one is split with `bytes.find` (a tenth of the
+cost); anything irregular goes to python-multipart, which then has the last word. Everything either hands
+over is checked here against limits before it is kept: parts per body, header bytes per part, bytes per
+text field, file name length and characters. Parts are held in memory (the body is already bounded by the
+route's limit), except file fields the caller asks to spool: their bytes are handed back by
+`take_spooled()` after each `feed()`, so the caller can write them to disk off the event loop. Every problem raises an `OpticError`
 naming it, with its own reason; nothing in here answers 5xx.
 """
 
