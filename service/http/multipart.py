@@ -6,8 +6,8 @@ cost); anything irregular goes to python-multipart, which then has the last word
 over is checked here against limits before it is kept: parts per body, header bytes per part, bytes per
 text field, file name length and characters. Parts are held in memory (the body is already bounded by the
 route's limit), except file fields the caller asks to spool: their bytes are handed back by
-`take_spooled()` after each `feed()`, so the caller can write them to disk off the event loop. Every problem raises an `OpticError`
-naming it, with its own reason; nothing in here answers 5xx.
+`take_spooled()` after each `feed()`, so the caller can write them to disk off the event loop. Every
+problem raises an `OpticError` naming it, with its own reason; nothing in here answers 5xx.
 """
 
 from __future__ import annotations
