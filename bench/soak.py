@@ -58,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         capacity = run_wrk(url, bodies, CONTENT_TYPE, connections=args.connections, seconds=10).ok_per_s
         target = args.share * capacity
         delay_ms = max(0.0, args.connections / target * 1000)
-        for _ in range(4):  # calibrate the pause: rate = connections / (latency + pause)
+        for _ in range(6):  # calibrate the pause: a connection's cycle is its latency plus the pause
             got = run_wrk(url, bodies, CONTENT_TYPE, connections=args.connections, seconds=5, delay_ms=delay_ms)
-            if abs(got.ok_per_s - target) / target < 0.03:
+            if abs(got.ok_per_s - target) / target < 0.02:
                 break
-            delay_ms = max(0.0, delay_ms * got.ok_per_s / target)
+            cycle_ms = args.connections / got.ok_per_s * 1000  # what one connection took per request
+            delay_ms = max(0.0, delay_ms + args.connections / target * 1000 - cycle_ms)
         print(f"capacity {capacity:.1f} img/s; soaking at {target:.1f} img/s ({args.share:.0%}), "
               f"{args.connections} connections pausing {delay_ms:.1f} ms")
         minutes: list[dict[str, Any]] = []
