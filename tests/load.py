@@ -21,8 +21,9 @@ class Sample:
     body: bytes
 
 
-async def request(host: str, port: int, method: str, path: str, body: bytes = b"", content_type: str = "",
-                  timeout_s: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+async def request(
+    host: str, port: int, method: str, path: str, body: bytes = b"", content_type: str = "", timeout_s: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     try:
         head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
@@ -41,8 +42,17 @@ async def request(host: str, port: int, method: str, path: str, body: bytes = b"
     return status, headers, payload
 
 
-async def open_loop(host: str, port: int, path: str, bodies: list[bytes], content_type: str, *, rate: float,
-                    seconds: float, timeout_s: float = 30.0) -> list[Sample]:
+async def open_loop(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    content_type: str,
+    *,
+    rate: float,
+    seconds: float,
+    timeout_s: float = 30.0,
+) -> list[Sample]:
     """`rate` requests per second for `seconds`; returns every request's answer, in the order sent."""
     samples: list[Sample] = []
     start = time.perf_counter()
@@ -50,8 +60,9 @@ async def open_loop(host: str, port: int, path: str, bodies: list[bytes], conten
     async def one(i: int, sent_at: float) -> None:
         t0 = time.perf_counter()
         try:
-            status, headers, body = await request(host, port, "POST", path, bodies[i % len(bodies)], content_type,
-                                                  timeout_s)
+            status, headers, body = await request(
+                host, port, "POST", path, bodies[i % len(bodies)], content_type, timeout_s
+            )
         except (OSError, asyncio.TimeoutError, ValueError, IndexError):
             status, headers, body = 0, {}, b""
         samples.append(Sample(sent_at, status, time.perf_counter() - t0, headers, body))
@@ -73,3 +84,34 @@ def percentile(values: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def probe_loop(
+    host: str, port: int, paths: tuple[str, ...], seconds: float, pause_s: float = 0.2, after_s: float = 0.0
+) -> list[tuple[str, int, float]]:
+    """After `after_s`, GET each path in turn for `seconds`, blocking sockets, one connection each: (path, status,
+    seconds).
+
+    Meant for its own process (a spawned one), so that the load generator's event loop, busy with hundreds of
+    requests a second, never delays a probe's timing: what is measured is the server, as a kubelet would see it.
+    """
+    import socket
+
+    probes: list[tuple[str, int, float]] = []
+    time.sleep(after_s)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for path in paths:
+            started = time.perf_counter()
+            try:
+                with socket.create_connection((host, port), timeout=10) as sock:
+                    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+                    raw = b""
+                    while chunk := sock.recv(65536):
+                        raw += chunk
+                status = int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/") else 0
+            except OSError:
+                status = 0
+            probes.append((path, status, time.perf_counter() - started))
+        time.sleep(pause_s)
+    return probes

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from PIL import Image
 
 from tests.conftest import TEST_LIMITS
 from tests.helpers import get_metrics, metric_value
-from tests.load import open_loop, percentile, request
+from tests.load import open_loop, percentile, probe_loop
 from tests.server import Server, start_server
 
 MODEL = "shapes-instances"  # the slowest demo model: four times its capacity is cheap to send
@@ -72,28 +73,20 @@ def test_four_times_capacity_is_shed_politely(busy_server: Server) -> None:
     capacity = _capacity(server, bodies)
     before = get_metrics(server.url)
 
-    async def overload() -> tuple[list, list, list, list]:
+    async def overload() -> tuple[list, list, list]:
         idle = await open_loop(host, int(port), "/segment", bodies, content_type, rate=2, seconds=2)
-        probes: list[tuple[str, int, float]] = []
-        stop = asyncio.Event()
-
-        async def probe() -> None:
-            while not stop.is_set():
-                for path in ("/livez", "/readyz", "/metrics"):
-                    started = time.perf_counter()
-                    status, _, _ = await request(host, int(port), "GET", path, timeout_s=10)
-                    probes.append((path, status, time.perf_counter() - started))
-                await asyncio.sleep(0.2)
-
-        prober = asyncio.create_task(probe())
         loaded = await open_loop(host, int(port), "/segment", bodies, content_type, rate=4 * capacity, seconds=30)
-        stop.set()
-        await prober
         await asyncio.sleep(1.0)  # "back to normal within a second of the load stopping"
         after = await open_loop(host, int(port), "/segment", bodies, content_type, rate=2, seconds=3)
-        return idle, loaded, probes, after
+        return idle, loaded, after
 
-    idle, loaded, probes, after = asyncio.run(overload())
+    # The probes come from their own process, as a kubelet's would: the load generator's busy event loop never
+    # delays their timing. They start with the overload (after the 2 s idle sample) and end with it.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as prober:
+        prober.submit(time.sleep, 0).result()  # the process is up before the clock starts
+        probing = prober.submit(probe_loop, host, int(port), ("/livez", "/readyz", "/metrics"), 30.0, 0.2, 2.0)
+        idle, loaded, after = asyncio.run(overload())
+        probes = probing.result()
     statuses = Counter(s.status for s in loaded)
     assert set(statuses) == {200, 503}, statuses
     accepted = [s.latency_s for s in loaded if s.status == 200]
@@ -105,18 +98,24 @@ def test_four_times_capacity_is_shed_politely(busy_server: Server) -> None:
     assert sample.headers["retry-after"].isdigit() and int(sample.headers["retry-after"]) >= 1
     assert b'"reason":"overloaded"' in sample.body and b"OPTIC_LATENCY_BUDGET_MS" in sample.body
 
-    # The probes answer from the event loop; /metrics is built by BentoML on a thread that shares the cores
-    # (and the GIL) with the overload, so it is held to its median and to under a second.
-    for path, limit, median_limit in (("/livez", 0.1, 0.05), ("/readyz", 0.1, 0.05), ("/metrics", 1.0, 0.1)):
+    # Probes under 100 ms: /livez and /readyz answer from the event loop, /metrics is built by BentoML on a thread
+    # that shares the two cores (and the GIL) with the overload. Held to their 99th percentile, and every one under
+    # the kubelet's default probe timeout (1 s), so that one scheduling hiccup of a shared CI machine is not a fail.
+    for path in ("/livez", "/readyz", "/metrics"):
         times = [t for p, status, t in probes if p == path and status == 200]
-        assert len(times) == len([p for p, _, _ in probes if p == path]) and times, f"{path} failed under load"
-        assert max(times) < limit, f"{path} took {max(times) * 1000:.0f} ms under overload"
-        assert percentile(times, 50) < median_limit, f"{path}: median {percentile(times, 50) * 1000:.0f} ms"
-    probe_max = ", ".join(f"{path} {max(t for p, _, t in probes if p == path) * 1000:.0f}"
-                          for path in ("/livez", "/readyz", "/metrics"))
-    figures = (f"capacity {capacity:.1f}/s, offered {4 * capacity:.1f}/s for 30 s: {dict(statuses)}; accepted p50 "
-               f"{percentile(accepted, 50):.3f} s p99 {percentile(accepted, 99):.3f} s; 503 p99 "
-               f"{percentile([s.latency_s for s in refused], 99) * 1000:.1f} ms; probe max ms {probe_max}")
+        assert len(times) == len([p for p, _, _ in probes if p == path]) and len(times) > 50, f"{path} failed"
+        assert percentile(times, 99) < 0.1, f"{path}: p99 {percentile(times, 99) * 1000:.0f} ms under overload"
+        assert max(times) < 1.0, f"{path} took {max(times) * 1000:.0f} ms under overload"
+    probe_ms = ", ".join(
+        f"{path} p99 {percentile([t for p, _, t in probes if p == path], 99) * 1000:.0f} max "
+        f"{max(t for p, _, t in probes if p == path) * 1000:.0f}"
+        for path in ("/livez", "/readyz", "/metrics")
+    )
+    figures = (
+        f"capacity {capacity:.1f}/s, offered {4 * capacity:.1f}/s for 30 s: {dict(statuses)}; accepted p50 "
+        f"{percentile(accepted, 50):.3f} s p99 {percentile(accepted, 99):.3f} s; 503 p99 "
+        f"{percentile([s.latency_s for s in refused], 99) * 1000:.1f} ms; probes (ms) {probe_ms}"
+    )
     print("\n" + figures)  # noqa: T201 (the figures, shown with -s)
 
     assert {s.status for s in after} == {200}
