@@ -67,7 +67,8 @@ ENV PATH=/opt/optic/bin:$PATH \
     BENTOML_DO_NOT_TRACK=true
 USER 10001:10001
 WORKDIR /home/optic
-EXPOSE 3000
+# 3000: HTTP (optic's routes and KServe v2 REST); 8001: KServe v2 gRPC (OPTIC_GRPC_PORT).
+EXPOSE 3000 8001
 # start-period: loading and warming the models (TensorRT engines take longest) before /readyz says yes.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python3", "/opt/optic/healthcheck.py"]

@@ -66,6 +66,7 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc_port: int = 0
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
@@ -120,7 +121,7 @@ def start_server(repository: Path, *, env: dict[str, str] | None = None, timeout
                  command: Callable[[int], list[str]] = optic_command, ready_path: str = "/readyz") -> Server:
     port = free_port()
     full_env = {**os.environ, "OPTIC_MODEL_REPOSITORY": str(repository.resolve()),
-                "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
+                "BENTOML_DO_NOT_TRACK": "true", "OPTIC_GRPC_PORT": str(free_port()), **(env or {})}
     handle = tempfile.NamedTemporaryFile(prefix="optic-bench-serve-", suffix=".log", delete=False)  # noqa: SIM115
     log_path = Path(handle.name)
     process = subprocess.Popen(
@@ -128,7 +129,7 @@ def start_server(repository: Path, *, env: dict[str, str] | None = None, timeout
         start_new_session=True,
     )
     handle.close()
-    server = Server(port, process, log_path)
+    server = Server(port, process, log_path, int(full_env["OPTIC_GRPC_PORT"]))
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

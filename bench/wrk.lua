@@ -1,10 +1,10 @@
 -- wrk script for optic's bench: rotates prebuilt request bodies, counts answers by status, prints JSON.
 --
---   wrk -t1 -c16 -d10s -s bench/wrk.lua URL -- BODY_DIR CONTENT_TYPE [DELAY_MS]
+--   wrk -t1 -c16 -d10s -s bench/wrk.lua URL -- BODY_DIR CONTENT_TYPE [DELAY_MS] [HEADER]
 --
 -- BODY_DIR holds 0.body, 1.body, ... (each a whole request body, built once by bench/wrk.py). Each
 -- connection starts on a different body. DELAY_MS (optional) makes every connection pause that long
--- between requests (the soak's pacing). done() prints one JSON line, prefixed "WRK_JSON ", with latency
+-- between requests (the soak's pacing). HEADER (optional), "Name: value", is one more request header. done() prints one JSON line, prefixed "WRK_JSON ", with latency
 -- percentiles in microseconds and status counts over all threads.
 
 local threads = {}
@@ -34,6 +34,9 @@ function init(args)
   counts = {}
   wrk.method = "POST"
   wrk.headers["Content-Type"] = content_type
+  local extra = args[4] or ""
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
 end
 
 function request()

@@ -76,12 +76,13 @@ class BodySet:
 
 
 def run_wrk(url: str, bodies: BodySet, content_type: str, *, connections: int, seconds: float,
-            threads: int = 1, delay_ms: float = 0.0, timeout_s: float = 30.0) -> WrkResult:
-    """One wrk run; latency percentiles are wrk's own (measured per request, in microseconds)."""
+            threads: int = 1, delay_ms: float = 0.0, timeout_s: float = 30.0, header: str = "") -> WrkResult:
+    """One wrk run; latency percentiles are wrk's own (measured per request, in microseconds). `header`:
+    one more request header, "Name: value" (the v2 binary extension's Inference-Header-Content-Length)."""
     threads = max(1, min(threads, connections))
     duration = max(1, round(seconds))  # wrk takes whole seconds
     command = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{duration}s", f"--timeout={timeout_s:.0f}s",
-               "-s", str(LUA), url, "--", str(bodies.path), content_type, f"{delay_ms:g}"]
+               "-s", str(LUA), url, "--", str(bodies.path), content_type, f"{delay_ms:g}", header]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, timeout=duration + timeout_s + 30)

@@ -27,6 +27,7 @@ class _Pending:
     array: np.ndarray
     future: asyncio.Future[Outputs]
     queued_at: float
+    decoded: bool  # came from an encoded image: decoding others competes with the run for the cores
 
 
 class MicroBatcher:
@@ -59,12 +60,14 @@ class MicroBatcher:
         self._expected = max(0, self._expected + count)
         self._arrived.set()
 
-    async def submit(self, array: np.ndarray) -> Outputs:
+    async def submit(self, array: np.ndarray, *, decoded: bool = True) -> Outputs:
+        """Queue one image's model input and wait for its outputs. `decoded=False`: a tensor sent as it is (the
+        v2 protocol), whose batch, with no decoding beside it, may use every ORT thread."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._expected = max(0, self._expected - 1)
-        self._queue.put_nowait(_Pending(array, future, time.perf_counter()))
+        self._queue.put_nowait(_Pending(array, future, time.perf_counter(), decoded))
         self._arrived.set()
         return await future
 
@@ -94,7 +97,8 @@ class MicroBatcher:
             self._running = True
             try:
                 stacked = np.stack([p.array for p in batch])
-                busy = backlogged or len(batch) > 1
+                # The one-thread session leaves the other cores to decoding; tensors alone need none.
+                busy = (backlogged or len(batch) > 1) and any(p.decoded for p in batch)
                 outputs = await loop.run_in_executor(self._executor, self._run_batch, stacked, busy)
                 if len(outputs) != len(batch):
                     raise RuntimeError(f"a batch of {len(batch)} gave {len(outputs)} outputs")

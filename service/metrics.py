@@ -26,6 +26,7 @@ class Metrics:
     evaluation_score: Any
     load_failures: Any
     api_key_requests: Any
+    requests: Any
 
 
 @functools.cache
@@ -65,5 +66,10 @@ def get_metrics() -> Metrics:
             "optic_api_key_requests_total",
             "Requests let through by an API key, by the key's id (its name, or a hash prefix: never the key).",
             ["key_id"],
+        ),
+        requests=prom.Counter(
+            "optic_requests_total",
+            "Inference requests by protocol: http (optic's JSON routes), v2-http and v2-grpc (KServe v2).",
+            ["model", "version", "protocol"],
         ),
     )

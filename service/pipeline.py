@@ -69,6 +69,7 @@ class Pipeline:
         self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="optic-prep")
         self._batchers: dict[str, MicroBatcher] = {}
         self._model_series: dict[str, _Series] = {}
+        self._request_series: dict[tuple[str, str], Any] = {}
         self.admission = Admission(
             max_queue_images=settings.max_queue_images, latency_budget_s=settings.latency_budget_ms / 1000
         )
@@ -112,15 +113,39 @@ class Pipeline:
         return await loop.run_in_executor(self._prep_pool, work)
 
     async def predict(
-        self, model: LoadedModel, files: Sequence[tuple[str, bytes | Path]], params: Any
+        self, model: LoadedModel, files: Sequence[tuple[str, bytes | Path]], params: Any, protocol: str = "http"
     ) -> list[Prediction]:
         """Every image of a request, in order; one bad image refuses the whole request before any runs.
-        Refused with Overloaded, before any work, when its images could not finish within the budget."""
+        Refused with Overloaded, before any work, when its images could not finish within the budget.
+        `params` None: the raw outputs only (the v2 protocol's encoded-image view), no task postprocessing."""
         self.admission.admit(model.key, len(files))
+        self._requests(model, protocol).inc()
         try:
             return await self._predict(model, files, params)
         finally:
             self.admission.release(model.key, len(files))
+
+    async def infer_tensors(self, model: LoadedModel, batch: np.ndarray, protocol: str) -> list[Outputs]:
+        """A batch of model inputs as sent (the v2 protocol's tensor view): admitted like images, run in the
+        same batcher as every other request for the model, raw outputs back."""
+        self.admission.admit(model.key, len(batch))
+        self._requests(model, protocol).inc()
+        try:
+            batcher = self.batcher(model)
+            outputs = await asyncio.gather(*(batcher.submit(image, decoded=False) for image in batch))
+            self._series(model).images.inc(len(batch))
+            return list(outputs)
+        finally:
+            self.admission.release(model.key, len(batch))
+
+    def _requests(self, model: LoadedModel, protocol: str) -> Any:
+        child = self._request_series.get((model.key, protocol))
+        if child is None:
+            meta = model.metadata
+            child = self._request_series[model.key, protocol] = self.metrics.requests.labels(
+                meta.name, meta.version, protocol
+            )
+        return child
 
     def _alone(
         self, model: LoadedModel, name: str, data: bytes | Path, params: Any
@@ -139,7 +164,7 @@ class Pipeline:
         finally:
             self._infer_lock.release()
         ran = time.perf_counter()
-        result = model.task.postprocess(outputs[0], prepared.geometry, model.metadata, params)
+        result = {} if params is None else model.task.postprocess(outputs[0], prepared.geometry, model.metadata, params)
         return [Prediction(prepared, outputs[0], result)], (started, decoded, ran, time.perf_counter())
 
     def _record_alone(self, model: LoadedModel, times: tuple[float, float, float, float]) -> None:
@@ -196,14 +221,14 @@ class Pipeline:
         def postprocess() -> list[Prediction]:
             started = time.perf_counter()
             predictions = [
-                Prediction(p, out, model.task.postprocess(out, p.geometry, meta, params))
+                Prediction(p, out, {} if params is None else model.task.postprocess(out, p.geometry, meta, params))
                 for p, out in zip(prepared, outputs, strict=True)
             ]
             self._series(model).postprocess.observe(time.perf_counter() - started)
             return predictions
 
         # Light postprocessing (top-k, box mapping) costs less than a thread hop; masks do not.
-        if model.task.inline_postprocess:
+        if model.task.inline_postprocess or params is None:
             predictions = postprocess()
         else:
             predictions = await asyncio.get_running_loop().run_in_executor(self._prep_pool, postprocess)

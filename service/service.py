@@ -15,6 +15,7 @@ import logging
 import os
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING
 
 import bentoml
 
@@ -28,6 +29,10 @@ from service.pipeline import Pipeline
 from service.repository import ModelRepository
 from service.settings import get_settings
 from service.shutdown import Drain
+from service.v2.rest import V2App
+
+if TYPE_CHECKING:
+    from service.v2.grpc_server import GrpcServer
 
 log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers, format and level
 
@@ -35,9 +40,11 @@ ROUTES_APP = OpticApp(ROUTES)
 GUARD = GuardState()
 GUARD.optic_paths = ROUTES_APP.paths
 GUARD.endpoints = ROUTES_APP.endpoints
+V2 = V2App()  # the KServe v2 REST routes, under /v2
+GUARD.v2 = V2
 
 
-def _optic_version() -> str:
+def optic_version() -> str:
     try:
         return package_version("optic")
     except PackageNotFoundError:
@@ -69,8 +76,11 @@ class Optic:
             self.metrics.model_info.labels(meta.name, meta.version, meta.task, model.provider, meta.sha256[:12]).set(1)
             log.info("serving %s (%s) on %s", model.key, meta.task, model.provider)
         self.pipeline = Pipeline(self.repository, self.settings, self.metrics)
+        self.guard = GUARD
         self._arm_guard()
         ROUTES_APP.bind(self, GUARD.count_error)
+        V2.bind(self)
+        self.grpc = self._start_grpc()
         # Models, sessions and metadata live as long as the worker: out of the collector's sight, a full
         # collection stays short instead of pausing every request (and probe) while it walks them.
         gc.freeze()
@@ -86,13 +96,27 @@ class Optic:
         GUARD.drain.install(asyncio.get_running_loop())
         names = self.repository.names() + [m.key for m in self.repository]
         base_spec = Optic.openapi_spec.asdict  # type: ignore[attr-defined]
-        GUARD.docs = lambda: build_spec(base_spec(), ROUTES, _optic_version(), names)
+        GUARD.docs = lambda: build_spec(base_spec(), ROUTES, optic_version(), names)
         if GUARD.keys.enabled:
             ids = ", ".join(k.key_id for k in GUARD.keys.keys)
             log.info("API keys required (%d keys: %s)", len(GUARD.keys.keys), ids)
 
+    def _start_grpc(self) -> GrpcServer | None:
+        """The v2 gRPC server, bound now (a port that cannot be had stops the worker), serving on this loop."""
+        if not self.settings.grpc_port:
+            return None
+        from service.v2.grpc_server import GrpcServer  # grpcio loads only where gRPC is served
+
+        assert V2.views is not None
+        server = GrpcServer(
+            self, V2.views, self.settings.grpc_host, self.settings.grpc_port, self.settings.max_body_bytes
+        )
+        asyncio.get_running_loop().create_task(server.start())
+        GUARD.drain.before_exit.append(lambda: server.stop(1.0))
+        return server
+
     async def __is_ready__(self) -> bool:
-        return self.ready and not GUARD.drain.draining
+        return self.ready and not GUARD.drain.draining and (self.grpc is None or self.grpc.started)
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:

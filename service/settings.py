@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="A file of API keys, one per line (NAME:KEY or KEY).")
     protect_metrics: bool = Field(False, description="/metrics needs an API key too (when keys are set).")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="The KServe v2 gRPC port (inference.GRPCInferenceService); 0: no gRPC."
+    )
+    grpc_host: str = Field("0.0.0.0", description="The address gRPC listens on.")
     default_top_k: int = Field(5, ge=1)
     warmup_runs: int = Field(1, ge=0)
     verify_sha256: bool = True

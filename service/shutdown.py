@@ -16,6 +16,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import Any
 
@@ -30,6 +31,7 @@ class Drain:
         self._previous: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self.before_exit: list[Callable[[], Awaitable[None]]] = []  # after the drain, before the hand-over (gRPC)
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wrap the SIGTERM handler uvicorn installed (signal handlers live on the main thread only)."""
@@ -54,6 +56,11 @@ class Drain:
         deadline = time.monotonic() + self.grace_s
         while self.in_flight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        for stop in self.before_exit:
+            try:
+                await stop()
+            except Exception:
+                log.exception("stopping a server failed")
         if self.in_flight:
             log.warning("grace period over: %d request(s) still in flight are cut off", self.in_flight)
             self._hand_over(signal.SIGTERM, None)

@@ -27,6 +27,11 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc_port: int = 0  # the v2 gRPC port (OPTIC_GRPC_PORT)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -43,6 +48,7 @@ class Server:
 
 def start_server(repository: Path, log_path: Path, env: dict[str, str] | None = None, timeout_s: float = 300) -> Server:
     port = free_port()
+    grpc_port = free_port()
     bentoml = str(Path(sys.executable).parent / "bentoml")
     # A BENTOML_HOME of its own: `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts, so
     # servers sharing the default one (test sessions running side by side) would wipe each other's /metrics.
@@ -51,6 +57,8 @@ def start_server(repository: Path, log_path: Path, env: dict[str, str] | None = 
         "OPTIC_MODEL_REPOSITORY": str(repository),
         "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_HOME": str(log_path.parent / f"bentoml-home-{port}"),
+        # Never the default 8001: servers side by side would share it (SO_REUSEPORT) and answer for each other.
+        "OPTIC_GRPC_PORT": str(grpc_port),
         **(env or {}),
     }
     handle = log_path.open("wb")
@@ -62,7 +70,7 @@ def start_server(repository: Path, log_path: Path, env: dict[str, str] | None = 
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    server = Server(f"http://127.0.0.1:{port}", process, log_path, int(full_env["OPTIC_GRPC_PORT"]))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

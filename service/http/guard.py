@@ -23,6 +23,8 @@ from service.http.app import REASON_HEADER, Answer, Receive, Scope, Send, error_
 from service.shutdown import Drain
 
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})
+EXEMPT = frozenset({"/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})  # probes: no key
+LIVE = frozenset({"/livez", "/healthz", "/metrics", "/v2/health/live"})  # answered as usual while draining
 BENTOML_PATHS = frozenset({"/", "/docs.json", "/schema.json", "/metrics", *PROBES})
 _STATUS_REASONS = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 503: "unavailable"}
 
@@ -43,6 +45,7 @@ class GuardState:
         self.drain = Drain(grace_s=30.0)
         self.optic_paths: frozenset[str] = frozenset()
         self.endpoints: dict[str, Any] = {}  # optic's routes, called directly: no framework layers between
+        self.v2: Any = None  # the KServe v2 REST app: every path under /v2
         self.count_error: Callable[[str, str], None] = lambda endpoint, reason: None
         self.count_key: Callable[[str], None] = lambda key_id: None
         self.docs: Callable[[], dict[str, Any]] | None = None
@@ -55,13 +58,15 @@ class GuardState:
 
     def endpoint_label(self, path: str) -> str:
         """A bounded label: a known route's path, else "other" (never what a client made up)."""
+        if path.startswith("/v2/") or path == "/v2":
+            return "/v2/models/infer" if path.endswith("/infer") else "/v2"
         return path if path in self.optic_paths or path in BENTOML_PATHS else "other"
 
 
 def _exempt(state: GuardState, path: str, method: str) -> bool:
     if method not in ("GET", "HEAD") or normalize_path(path) != path:
         return False
-    return path in ("/livez", "/readyz") or (path == "/metrics" and not state.protect_metrics)
+    return path in EXEMPT or (path == "/metrics" and not state.protect_metrics)
 
 
 class Guard:
@@ -79,7 +84,7 @@ class Guard:
         try:
             if state.keys.enabled and not _exempt(state, path, method):
                 self._authenticate(scope)
-            if state.drain.draining and path not in ("/livez", "/healthz", "/metrics"):
+            if state.drain.draining and path not in LIVE:
                 raise ShuttingDown("optic is shutting down: send this request to another replica")
         except OpticError as exc:
             state.count_error(state.endpoint_label(path), exc.reason)
@@ -95,6 +100,8 @@ class Guard:
             return
         with state.drain.track():
             endpoint = state.endpoints.get(path)
+            if endpoint is None and path.startswith("/v2") and (len(path) == 3 or path[3] == "/"):
+                endpoint = state.v2
             if endpoint is not None:
                 await endpoint(scope, receive, send)  # optic's endpoints shape and count their own errors
             else:

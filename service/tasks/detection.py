@@ -61,6 +61,20 @@ def to_image_boxes(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
     return mapped
 
 
+def image_pixel_boxes(
+    tensors: dict[str, np.ndarray], geometries: list[Geometry] | None
+) -> dict[str, np.ndarray]:
+    """The padded `boxes` of a batch, each image's valid rows in its own pixels (the v2 encoded-image view);
+    padding rows stay zero."""
+    if geometries is None:
+        return tensors
+    boxes = np.zeros_like(tensors["boxes"])
+    for i, geometry in enumerate(geometries):
+        count = int(tensors["num_detections"][i])
+        boxes[i, :count] = to_image_boxes(tensors["boxes"][i, :count], geometry)
+    return {**tensors, "boxes": boxes}
+
+
 def select_detections(outputs: Outputs, params: DetectionParams, labels: list[str]) -> np.ndarray:
     """Indices of the valid rows that pass the threshold and class filter, best first, at most max."""
     count = int(outputs["num_detections"])
@@ -87,6 +101,11 @@ class DetectionTask(ServeTask):
 
     def check_params(self, params: Any, metadata: ModelMetadata) -> None:
         class_filter(params.classes, metadata.labels)
+
+    def tensor_outputs(
+        self, outputs: list[Outputs], geometries: list[Geometry] | None, metadata: ModelMetadata
+    ) -> dict[str, np.ndarray]:
+        return image_pixel_boxes(super().tensor_outputs(outputs, geometries, metadata), geometries)
 
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
         indices = select_detections(outputs, params, metadata.labels)

@@ -21,7 +21,13 @@ from service.tasks import register_task
 from service.tasks.base import EvalDataset, Outputs, ServeTask
 from service.tasks.coco import load_coco_dataset, public_info, run_cocoeval
 from service.tasks.coco_masks import load_checked_coco
-from service.tasks.detection import DetectionParams, class_filter, select_detections, to_image_boxes
+from service.tasks.detection import (
+    DetectionParams,
+    class_filter,
+    image_pixel_boxes,
+    select_detections,
+    to_image_boxes,
+)
 from service.tasks.masks import MaskFormat, encode_mask
 
 MASK_THRESHOLD = 0.5
@@ -65,6 +71,12 @@ class InstanceSegmentationTask(ServeTask):
 
     def check_params(self, params: Any, metadata: ModelMetadata) -> None:
         class_filter(params.classes, metadata.labels)
+
+    def tensor_outputs(
+        self, outputs: list[Outputs], geometries: list[Geometry] | None, metadata: ModelMetadata
+    ) -> dict[str, np.ndarray]:
+        """Boxes as detection's; masks stay the graph's (MxM inside each box, whichever view)."""
+        return image_pixel_boxes(super().tensor_outputs(outputs, geometries, metadata), geometries)
 
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
         indices = select_detections(outputs, params, metadata.labels)
