@@ -90,9 +90,9 @@ class Pipeline:
 
             lock = self._infer_lock
 
-            def run(batch: np.ndarray, busy: bool) -> list[Outputs]:
+            def run(batch: np.ndarray, busy: bool) -> dict[str, np.ndarray]:
                 with lock:
-                    return model.run(batch, busy)
+                    return model.run_batched(batch, busy)
 
             self._batchers[model.key] = MicroBatcher(
                 run,
@@ -125,16 +125,15 @@ class Pipeline:
         finally:
             self.admission.release(model.key, len(files))
 
-    async def infer_tensors(self, model: LoadedModel, batch: np.ndarray, protocol: str) -> list[Outputs]:
+    async def infer_tensors(self, model: LoadedModel, batch: np.ndarray, protocol: str) -> dict[str, np.ndarray]:
         """A batch of model inputs as sent (the v2 protocol's tensor view): admitted like images, run in the
-        same batcher as every other request for the model, raw outputs back."""
+        same batcher as every other request for the model (as one item, never split), its raw outputs back."""
         self.admission.admit(model.key, len(batch))
         self._requests(model, protocol).inc()
         try:
-            batcher = self.batcher(model)
-            outputs = await asyncio.gather(*(batcher.submit(image, decoded=False) for image in batch))
+            outputs = await self.batcher(model).submit_chunk(batch)
             self._series(model).images.inc(len(batch))
-            return list(outputs)
+            return outputs
         finally:
             self.admission.release(model.key, len(batch))
 

@@ -57,17 +57,18 @@ class LoadedModel:
         return spec.max_batch_size if not spec.dynamic_batch else None
 
     def run(self, batch: np.ndarray, busy: bool = False) -> list[Outputs]:
-        """Run a stacked uint8 batch; returns one output dict per image. Graphs without a dynamic batch
-        run image by image. `busy`: the worker has more work waiting (see runtime.create_busy_session)."""
+        """Run a stacked uint8 batch; returns one output dict per image."""
+        arrays = self.run_batched(batch, busy)
+        return [{n: a[i] for n, a in arrays.items()} for i in range(len(batch))]
+
+    def run_batched(self, batch: np.ndarray, busy: bool = False) -> dict[str, np.ndarray]:
+        """Run a stacked uint8 batch; returns each output with its batch dimension. Graphs without a dynamic
+        batch run image by image. `busy`: the worker has more work waiting (see runtime.create_busy_session)."""
         session = self.busy_session if busy and self.busy_session is not None else self.session
         if self.metadata.input.dynamic_batch:
-            arrays = session.run(self.output_names, {self.input_name: batch})
-            return [{n: a[i] for n, a in zip(self.output_names, arrays, strict=True)} for i in range(len(batch))]
-        results: list[Outputs] = []
-        for image in batch:
-            arrays = session.run(self.output_names, {self.input_name: image[None]})
-            results.append({n: a[0] for n, a in zip(self.output_names, arrays, strict=True)})
-        return results
+            return dict(zip(self.output_names, session.run(self.output_names, {self.input_name: batch}), strict=True))
+        runs = [session.run(self.output_names, {self.input_name: image[None]}) for image in batch]
+        return {n: np.concatenate([r[i] for r in runs]) for i, n in enumerate(self.output_names)}
 
     def describe(self) -> dict[str, Any]:
         data = self.metadata.model_dump(mode="json")

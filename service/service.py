@@ -59,7 +59,7 @@ def optic_version() -> str:
     # fires): at 400 requests/s, 120 s of them hold ~17 MB; an hour's would hold ~0.5 GB.
     traffic={"timeout": float(os.environ.get("OPTIC_REQUEST_TIMEOUT_S", "120"))},
     # Per-request spans and access lines cost the event loop ~25% of its time on small models (bench/).
-    tracing={"excluded_urls": sorted(ROUTES_APP.paths)},
+    tracing={"excluded_urls": [*sorted(ROUTES_APP.paths), "/v2"]},  # regular expressions: every /v2 route
     logging={"access": {"enabled": os.environ.get("OPTIC_ACCESS_LOG", "false").lower() in ("1", "true", "yes")}},
 )
 @bentoml.asgi_app(ROUTES_APP.starlette(), path="/")

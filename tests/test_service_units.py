@@ -73,9 +73,9 @@ def test_sha_mismatch_is_not_served(tmp_path: Path) -> None:
 def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
     sizes: list[int] = []
 
-    def run(batch: np.ndarray, busy: bool = False) -> list[dict[str, np.ndarray]]:
+    def run(batch: np.ndarray, busy: bool = False) -> dict[str, np.ndarray]:
         time.sleep(0.01)
-        return [{"y": x * 2} for x in batch]
+        return {"y": batch * 2}
 
     async def main() -> list[dict[str, np.ndarray]]:
         batcher = MicroBatcher(
@@ -95,10 +95,38 @@ def test_batcher_groups_concurrent_items_and_keeps_order() -> None:
     assert max(sizes) == 8 and sum(sizes) == 20
 
 
+def test_batcher_mixes_chunks_and_images_and_never_splits_a_chunk() -> None:
+    """A v2 request's whole batch is one item: it shares a run with other requests' images, gets its own rows
+    back, and a chunk that would overflow a batch starts the next one."""
+    runs: list[tuple[int, bool]] = []
+
+    def run(batch: np.ndarray, busy: bool = False) -> dict[str, np.ndarray]:
+        time.sleep(0.02)
+        runs.append((len(batch), busy))
+        return {"y": batch[:, 0] * 10}
+
+    async def main() -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+        batcher = MicroBatcher(run, max_batch_size=8, max_wait_s=0.05, executor=ThreadPoolExecutor(1))
+        first = asyncio.ensure_future(batcher.submit(np.array([100])))  # runs alone while the rest queue
+        await asyncio.sleep(0.005)
+        chunks = [batcher.submit_chunk(np.arange(k * 10, k * 10 + 5)[:, None]) for k in range(3)]
+        singles = [batcher.submit(np.array([200 + i])) for i in range(3)]
+        results = await asyncio.gather(first, *chunks, *singles)
+        await batcher.close()
+        return results[1:4], results[4:]
+
+    chunks, singles = asyncio.run(main())
+    for k, chunk in enumerate(chunks):
+        assert chunk["y"].tolist() == [10 * v for v in range(k * 10, k * 10 + 5)]
+    assert [int(r["y"]) for r in singles] == [2000, 2010, 2020]
+    assert sum(n for n, _ in runs) == 1 + 15 + 3 and all(n <= 8 for n, _ in runs[1:])
+    assert not any(busy for n, busy in runs if n == 5), "tensors alone use every ORT thread"
+
+
 def test_lone_request_does_not_wait() -> None:
     async def main() -> float:
         batcher = MicroBatcher(
-            lambda b, busy: [{"y": x} for x in b], max_batch_size=8, max_wait_s=1.0, executor=ThreadPoolExecutor(1)
+            lambda b, busy: {"y": b}, max_batch_size=8, max_wait_s=1.0, executor=ThreadPoolExecutor(1)
         )
         started = time.perf_counter()
         await batcher.submit(np.zeros(1))

@@ -50,11 +50,11 @@ class ServeTask(ABC):
         """Turn one image's raw outputs into its JSON result."""
 
     def tensor_outputs(
-        self, outputs: list[Outputs], geometries: list[Geometry] | None, metadata: ModelMetadata
+        self, outputs: dict[str, np.ndarray], geometries: list[Geometry] | None, metadata: ModelMetadata
     ) -> dict[str, np.ndarray]:
-        """The v2 protocol's output tensors for a batch: the graph's own outputs, stacked. `geometries` is set
-        for the encoded-image view: a task whose outputs hold model-input pixels maps them to each image's own."""
-        return {name: np.stack([o[name] for o in outputs]) for name in outputs[0]}
+        """The v2 protocol's output tensors for a batch: the graph's own outputs. `geometries` is set for the
+        encoded-image view: a task whose outputs hold model-input pixels maps them to each image's own."""
+        return outputs
 
     # Evaluation: the same code runs behind POST /evaluate and `optic eval`.
     @abstractmethod

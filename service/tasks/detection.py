@@ -103,7 +103,7 @@ class DetectionTask(ServeTask):
         class_filter(params.classes, metadata.labels)
 
     def tensor_outputs(
-        self, outputs: list[Outputs], geometries: list[Geometry] | None, metadata: ModelMetadata
+        self, outputs: dict[str, np.ndarray], geometries: list[Geometry] | None, metadata: ModelMetadata
     ) -> dict[str, np.ndarray]:
         return image_pixel_boxes(super().tensor_outputs(outputs, geometries, metadata), geometries)
 

@@ -73,7 +73,7 @@ class InstanceSegmentationTask(ServeTask):
         class_filter(params.classes, metadata.labels)
 
     def tensor_outputs(
-        self, outputs: list[Outputs], geometries: list[Geometry] | None, metadata: ModelMetadata
+        self, outputs: dict[str, np.ndarray], geometries: list[Geometry] | None, metadata: ModelMetadata
     ) -> dict[str, np.ndarray]:
         """Boxes as detection's; masks stay the graph's (MxM inside each box, whichever view)."""
         return image_pixel_boxes(super().tensor_outputs(outputs, geometries, metadata), geometries)

@@ -13,7 +13,7 @@ with `/classify` and friends and are refused with them under overload.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +59,7 @@ class View:
     name: str  # the v2 model name
     model: str  # optic's model name
     encoded: bool
+    _cache: dict[int, dict[str, LoadedModel]] = field(default_factory=dict, compare=False, repr=False)
 
     def versions(self, repository: ModelRepository) -> list[LoadedModel]:
         return sorted(
@@ -66,12 +67,15 @@ class View:
         )
 
     def resolve(self, repository: ModelRepository, version: str | None) -> LoadedModel:
-        found = self.versions(repository)
-        if version:
-            found = [m for m in found if m.metadata.version == version]
-            if not found:
-                raise UnknownModel(f"model {self.name!r} has no version {version!r}")
-        return found[-1]
+        """The version asked for, or the latest; looked up once per (repository, version)."""
+        cache = self._cache.get(id(repository))
+        if cache is None:
+            found = self.versions(repository)
+            cache = self._cache[id(repository)] = {"": found[-1], **{m.metadata.version: m for m in found}}
+        model = cache.get(version or "")
+        if model is None:
+            raise UnknownModel(f"model {self.name!r} has no version {version!r}")
+        return model
 
     def inputs(self, model: LoadedModel) -> list[Spec]:
         spec = model.metadata.input
@@ -163,9 +167,8 @@ async def infer(service: Optic, views: Views, request: InferRequest, protocol: s
     if view.encoded:
         files = _encoded(view, tensor, limit)
         predictions = await service.pipeline.predict(model, files, None, protocol)
-        arrays = model.task.tensor_outputs(
-            [p.outputs for p in predictions], [p.prepared.geometry for p in predictions], model.metadata
-        )
+        stacked = {name: np.stack([p.outputs[name] for p in predictions]) for name in predictions[0].outputs}
+        arrays = model.task.tensor_outputs(stacked, [p.prepared.geometry for p in predictions], model.metadata)
     else:
         batch = _tensor(view, model, tensor, limit)
         outputs = await service.pipeline.infer_tensors(model, batch, protocol)
