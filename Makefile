@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 # Every install comes from uv.lock: the versions the tests passed with (uv lock refreshes it).
 SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --python $(BIN)/python --quiet
 
-.PHONY: serve test test-unit test-integration lint bench bench-soak demo-models clean
+.PHONY: serve test test-unit test-integration lint bench bench-soak bench-v2 demo-models clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(VENV)/.dev
 
 bench-soak: $(VENV)/.dev
 	$(BIN)/python -m bench.soak
+
+# The KServe v2 tensor path (HTTP binary extension and gRPC) against raw ONNX Runtime on the same uint8 batches.
+bench-v2: $(VENV)/.dev
+	$(BIN)/python -m bench.v2
 
 # Rebuilds the committed demo models from package-shipped data (see README: "Demo models").
 demo-models: $(VENV)/.dev

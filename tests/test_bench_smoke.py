@@ -57,3 +57,22 @@ def test_short_full_run(tmp_path: Path) -> None:
                 assert level[arm]["images_per_s"] > 0 and not level[arm]["errors"], (arm, level[arm])
             assert level["service"]["client_cores"] < 0.5, "the load generator must stay cheap"
         assert set(model["targets"]) >= {"throughput"}
+
+
+@pytest.mark.integration
+def test_v2_bench_short_run(tmp_path: Path) -> None:
+    """`python -m bench.v2`: raw, v2 HTTP (wrk) and v2 gRPC on the same uint8 batches, every answer a 200."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed: apt-get install -y wrk (the CI script does)")
+    from bench.v2 import main
+
+    code = main(["--repository", str(ROOT / "models"), "--batch", "2", "--concurrency", "2", "--seconds", "1",
+                 "--output-dir", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    report = json.loads(next(tmp_path.glob("v2-*.json")).read_text())
+    assert [(r["images_per_request"], r["concurrency"]) for r in report["rows"]] == [(2, 2), (1, 2)]
+    for row in report["rows"]:
+        for arm in ("v2_http", "v2_grpc"):
+            assert row[arm]["images_per_s"] > 0 and not row[arm]["errors"], (arm, row[arm])
+        assert row["raw"]["images_per_s"] > 0 and row["http_over_raw"] > 0
+    assert report["target"]["goal"] == 0.9
