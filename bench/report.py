@@ -167,11 +167,13 @@ def print_model(result: dict[str, Any]) -> None:
                   "the numbers are contaminated")
 
 
-def write_json(report: dict[str, Any], out_dir: Path) -> Path:
+def write_json(report: dict[str, Any], out_dir: Path, prefix: str = "") -> Path:
+    """`out_dir/PREFIX<UTC stamp>.json`; the main bench (no prefix) also writes latest.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     text = json.dumps(report, indent=2, default=str) + "\n"
-    path = out_dir / f"{stamp}.json"
+    path = out_dir / f"{prefix}{stamp}.json"
     path.write_text(text)
-    (out_dir / "latest.json").write_text(text)
+    if not prefix:
+        (out_dir / "latest.json").write_text(text)
     return path

@@ -11,7 +11,6 @@ Targets: 0 errors, RSS growth under 10 % from the first minute (after warm-up) t
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from bench.http_load import CONTENT_TYPE, multipart_body
 from bench.images import make_images
 from bench.machine import machine_info
+from bench.report import write_json
 from bench.server import HOST, Server, running_server
 from bench.wrk import BodySet, run_wrk
 
@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"errors {errors} ({report['targets']['errors']}); RSS growth from minute 1 to {len(minutes)}: "
           f"{growth:+.1%} ({report['targets']['rss_growth_under_10pct']})")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_json(report, args.output_dir, prefix="soak-")
     print(f"wrote {path}")
     return 0 if errors == 0 and growth < 0.10 else 1
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from bench.images import make_images
 from bench.machine import machine_info
+from bench.report import write_json
 from bench.server import HOST, running_server
 from bench.wrk import BodySet, run_wrk
 from service.pipeline import prepare
@@ -178,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "reached" if target["http_over_raw"] >= 0.9 else "NOT reached"
         print(f"target: v2 HTTP >= 0.9 x raw at {args.batch} images/request, c={max(levels)}: "
               f"{target['http_over_raw']:.2f} ({verdict})")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    path = args.output_dir / f"v2-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_json(report, args.output_dir, prefix="v2-")
     print(f"wrote {path}")
     return 0
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -366,18 +365,6 @@ def problems(
     elif float(command[1]) + float(env.get("OPTIC_SHUTDOWN_GRACE_S", "30")) + 5 > grace:
         found.append(f"preStop + OPTIC_SHUTDOWN_GRACE_S + 5 s exceed the {grace} s grace period")
     return found
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Any attempt to reach the network fails the test: the schemas must come from the package."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access during validation: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    yield
 
 
 def test_manifests_validate_against_the_kserve_schemas() -> None:

@@ -13,7 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -142,26 +142,13 @@ class Endpoint:
         limits = FormLimits(settings.max_form_parts, settings.max_field_bytes, settings.max_filename_length)
         reader = FormReader(content_type.decode("latin-1"), limits, spool=self.route.spool.__contains__)
         files: dict[int, IO[bytes]] = {}
-        received = 0
-        held: list[bytes] = []  # not spooled: the body is bounded, so it is parsed whole (the reader's fast path)
         try:
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                received += len(chunk)
-                if received > limit:
-                    raise self._too_large(limit)
-                if workdir is None:
-                    held.append(chunk)
-                    if not more:
-                        reader.feed(held[0] if len(held) == 1 else b"".join(held), final=True)
-                    continue
-                reader.feed(chunk, final=not more)
-                await self._spool(service, reader, workdir, files)
+            if workdir is None:  # not spooled: the body is bounded, so it is parsed whole (the reader's fast path)
+                reader.feed(await read_body(receive, limit, lambda: self._too_large(limit)), final=True)
+            else:
+                async for chunk, more in body_chunks(receive, limit, lambda: self._too_large(limit)):
+                    reader.feed(chunk, final=not more)
+                    await self._spool(service, reader, workdir, files)
             parts = reader.finish()
         finally:
             for handle in files.values():
@@ -180,6 +167,30 @@ class Endpoint:
     def _too_large(self, limit: int) -> BodyTooLarge:
         setting = "OPTIC_MAX_ARCHIVE_BYTES" if self.route.large_body else "OPTIC_MAX_BODY_BYTES"
         return BodyTooLarge(f"request body exceeds the limit of {limit} bytes ({setting})")
+
+
+async def body_chunks(
+    receive: Receive, limit: int, too_large: Callable[[], OpticError]
+) -> AsyncIterator[tuple[bytes, bool]]:
+    """The request body as it arrives, (chunk, more to come); refused once it passes `limit` bytes."""
+    received = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        received += len(chunk)
+        if received > limit:
+            raise too_large()
+        yield chunk, more
+
+
+async def read_body(receive: Receive, limit: int, too_large: Callable[[], OpticError]) -> bytes:
+    """The whole request body, at most `limit` bytes (one chunk, as most bodies come, is not copied)."""
+    chunks = [chunk async for chunk, _ in body_chunks(receive, limit, too_large)]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class OpticApp:

@@ -61,9 +61,7 @@ def to_image_boxes(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
     return mapped
 
 
-def image_pixel_boxes(
-    tensors: dict[str, np.ndarray], geometries: list[Geometry] | None
-) -> dict[str, np.ndarray]:
+def image_pixel_boxes(tensors: dict[str, np.ndarray], geometries: list[Geometry] | None) -> dict[str, np.ndarray]:
     """The padded `boxes` of a batch, each image's valid rows in its own pixels (the v2 encoded-image view);
     padding rows stay zero."""
     if geometries is None:
@@ -88,8 +86,21 @@ def select_detections(outputs: Outputs, params: DetectionParams, labels: list[st
     return indices[: params.max_detections]
 
 
+class BoxTask(ServeTask):
+    """What detection and instance segmentation share: a class filter checked up front, and the v2 view's
+    boxes in each image's own pixels (instance masks stay the graph's: MxM inside each box)."""
+
+    def check_params(self, params: Any, metadata: ModelMetadata) -> None:
+        class_filter(params.classes, metadata.labels)
+
+    def tensor_outputs(
+        self, outputs: dict[str, np.ndarray], geometries: list[Geometry] | None, metadata: ModelMetadata
+    ) -> dict[str, np.ndarray]:
+        return image_pixel_boxes(outputs, geometries)
+
+
 @register_task
-class DetectionTask(ServeTask):
+class DetectionTask(BoxTask):
     name = "detection"
     params_model = DetectionParams
 
@@ -98,14 +109,6 @@ class DetectionTask(ServeTask):
             score_threshold=max(0.25, float(metadata.params.get("score_threshold", 0.0))),
             max_detections=int(metadata.params.get("max_detections", 100)),
         )
-
-    def check_params(self, params: Any, metadata: ModelMetadata) -> None:
-        class_filter(params.classes, metadata.labels)
-
-    def tensor_outputs(
-        self, outputs: dict[str, np.ndarray], geometries: list[Geometry] | None, metadata: ModelMetadata
-    ) -> dict[str, np.ndarray]:
-        return image_pixel_boxes(super().tensor_outputs(outputs, geometries, metadata), geometries)
 
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
         indices = select_detections(outputs, params, metadata.labels)

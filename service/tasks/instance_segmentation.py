@@ -18,13 +18,12 @@ from pydantic import Field
 from service.imaging import Geometry
 from service.metadata import ModelMetadata
 from service.tasks import register_task
-from service.tasks.base import EvalDataset, Outputs, ServeTask
+from service.tasks.base import EvalDataset, Outputs
 from service.tasks.coco import load_coco_dataset, public_info, run_cocoeval
 from service.tasks.coco_masks import load_checked_coco
 from service.tasks.detection import (
+    BoxTask,
     DetectionParams,
-    class_filter,
-    image_pixel_boxes,
     select_detections,
     to_image_boxes,
 )
@@ -58,7 +57,7 @@ def paste_mask(mask: np.ndarray, box: np.ndarray, width: int, height: int) -> np
 
 
 @register_task
-class InstanceSegmentationTask(ServeTask):
+class InstanceSegmentationTask(BoxTask):
     name = "instance-segmentation"
     params_model = InstanceParams
     inline_postprocess = False  # masks at the image's size, encoded
@@ -68,15 +67,6 @@ class InstanceSegmentationTask(ServeTask):
             score_threshold=max(0.5, float(metadata.params.get("score_threshold", 0.0))),
             max_detections=int(metadata.params.get("max_detections", 100)),
         )
-
-    def check_params(self, params: Any, metadata: ModelMetadata) -> None:
-        class_filter(params.classes, metadata.labels)
-
-    def tensor_outputs(
-        self, outputs: dict[str, np.ndarray], geometries: list[Geometry] | None, metadata: ModelMetadata
-    ) -> dict[str, np.ndarray]:
-        """Boxes as detection's; masks stay the graph's (MxM inside each box, whichever view)."""
-        return image_pixel_boxes(super().tensor_outputs(outputs, geometries, metadata), geometries)
 
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
         indices = select_detections(outputs, params, metadata.labels)

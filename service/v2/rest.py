@@ -17,7 +17,7 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from service.errors import BodyTooLarge, MethodNotAllowed, NotFound, OpticError, ShuttingDown
-from service.http.app import Answer, ClientGone, Receive, Scope, Send, send_answer
+from service.http.app import Answer, ClientGone, Receive, Scope, Send, read_body, send_answer
 from service.v2.tensors import (
     BadTensor,
     InferRequest,
@@ -123,7 +123,7 @@ class V2App:
         if rest == ["infer"]:
             _only(method, "POST")
             limit = service.settings.max_body_bytes
-            body = _decompress(scope, await _read_body(receive, limit), limit)
+            body = _decompress(scope, await read_body(receive, limit, lambda: _too_large(limit)), limit)
             request = parse_request(scope, body, name, version or "")
             result = await infer(service, views, request, "v2-http")
             return encode_result(result, request)
@@ -135,21 +135,8 @@ def _only(method: str, *allowed: str) -> None:
         raise MethodNotAllowed(f"this route takes {', '.join(allowed)}, not {method}", headers={"allow": allowed[0]})
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes (OPTIC_MAX_BODY_BYTES)")
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"request body exceeds the limit of {limit} bytes (OPTIC_MAX_BODY_BYTES)")
 
 
 def _decompress(scope: Scope, body: bytes, limit: int) -> bytes:
@@ -166,7 +153,7 @@ def _decompress(scope: Scope, body: bytes, limit: int) -> bytes:
     except zlib.error as exc:
         raise BadTensor(f"the {encoding.decode()} body cannot be inflated: {exc}", reason="malformed_request") from exc
     if len(inflated) > limit:
-        raise BodyTooLarge(f"the inflated body exceeds the limit of {limit} bytes (OPTIC_MAX_BODY_BYTES)")
+        raise _too_large(limit)
     return inflated
 
 
