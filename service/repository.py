@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from service.errors import UnknownModel, WrongTask
 from service.metadata import ModelMetadata, sha256_file
-from service.runtime import create_busy_session, create_session
+from service.runtime import ProviderUnavailable, create_busy_session, create_session
 from service.settings import Settings
 from service.tasks import get_task
 from service.tasks.base import Outputs, ServeTask
@@ -82,25 +82,32 @@ def load_model(version_dir: Path, settings: Settings) -> LoadedModel:
         raise ModelLoadError(f"{version_dir}: needs model.json and model.onnx")
     try:
         metadata = ModelMetadata.read(meta_path)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise ModelLoadError(f"{meta_path}: invalid model.json: {exc}") from exc
     if (metadata.name, metadata.version) != (version_dir.parent.name, version_dir.name):
         raise ModelLoadError(
             f"{meta_path}: says {metadata.name}/{metadata.version} but lives in "
             f"{version_dir.parent.name}/{version_dir.name}"
         )
-    if settings.verify_sha256:
-        actual = sha256_file(onnx_path)
-        if actual != metadata.sha256:
-            raise ModelLoadError(f"{onnx_path}: sha256 {actual} does not match model.json's {metadata.sha256}")
-    task = get_task(metadata.task)
-    session, provider = create_session(onnx_path, settings)
-    model = LoadedModel(metadata=metadata, session=session, provider=provider, path=version_dir, task=task)
-    warm_up(model, settings)
-    if provider == "cpu":
-        model.busy_session = create_busy_session(onnx_path, settings, lone_image_seconds(model))
-        if model.busy_session is not None:
-            warm_up(model, settings)
+    try:
+        if settings.verify_sha256:
+            actual = sha256_file(onnx_path)
+            if actual != metadata.sha256:
+                raise ModelLoadError(f"{onnx_path}: sha256 {actual} does not match model.json's {metadata.sha256}")
+        task = get_task(metadata.task)
+        session, provider = create_session(onnx_path, settings)
+        model = LoadedModel(metadata=metadata, session=session, provider=provider, path=version_dir, task=task)
+        warm_up(model, settings)
+        if provider == "cpu":
+            model.busy_session = create_busy_session(onnx_path, settings, lone_image_seconds(model))
+            if model.busy_session is not None:
+                warm_up(model, settings)
+    except (ModelLoadError, ProviderUnavailable):
+        raise  # a GPU provider asked for and missing stops start-up: no silent fallback
+    except OSError as exc:
+        raise ModelLoadError(f"{onnx_path}: cannot be read: {exc}") from exc
+    except Exception as exc:  # ONNX Runtime refuses the graph, or it fails its warm-up run: this version only
+        raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot run it: {exc}") from exc
     return model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import shutil
 import time
@@ -48,6 +49,21 @@ def test_explicit_gpu_provider_never_falls_back() -> None:
         create_session(DEMO / "model.onnx", Settings(provider="cuda"))
     _, provider = create_session(DEMO / "model.onnx", Settings(provider="auto"))
     assert provider == "cpu"
+
+
+def test_a_graph_onnx_runtime_refuses_fails_its_version_only(tmp_path: Path) -> None:
+    """Its sha256 matches, but ONNX Runtime cannot load it: that version is reported, the others serve."""
+    repo = tmp_path / "models"
+    shutil.copytree(DEMO, repo / "digits" / "1")
+    shutil.copytree(DEMO, repo / "broken" / "1")
+    onnx = repo / "broken" / "1" / "model.onnx"
+    onnx.write_bytes(b"not an onnx graph" * 100)
+    meta = json.loads((repo / "broken" / "1" / "model.json").read_text())
+    meta.update(name="broken", sha256=hashlib.sha256(onnx.read_bytes()).hexdigest())
+    (repo / "broken" / "1" / "model.json").write_text(json.dumps(meta))
+    repository = ModelRepository.load(Settings(model_repository=repo, warmup_runs=0))
+    assert repository.names() == ["digits"]
+    assert "ONNX Runtime cannot run it" in repository.failures["broken/1"]
 
 
 def test_sha_mismatch_is_not_served(tmp_path: Path) -> None:
