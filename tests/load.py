@@ -115,3 +115,19 @@ def probe_loop(
             probes.append((path, status, time.perf_counter() - started))
         time.sleep(pause_s)
     return probes
+
+
+def overload_phases(
+    host: str, port: int, path: str, bodies: list[bytes], content_type: str, rate: float, seconds: float
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Meant for its own process: 2 s at 2 requests/s (normal), `seconds` at `rate`, a second's pause, then 3 s
+    at 2/s again (back to normal?). The three phases' samples."""
+
+    async def phases() -> tuple[list[Sample], list[Sample], list[Sample]]:
+        idle = await open_loop(host, port, path, bodies, content_type, rate=2, seconds=2)
+        loaded = await open_loop(host, port, path, bodies, content_type, rate=rate, seconds=seconds)
+        await asyncio.sleep(1.0)  # "back to normal within a second of the load stopping"
+        after = await open_loop(host, port, path, bodies, content_type, rate=2, seconds=3)
+        return idle, loaded, after
+
+    return asyncio.run(phases())
