@@ -126,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
     if provider_problem:
         print(f"optic serve: {provider_problem}", file=sys.stderr)
         return 3
+    env.setdefault("OPTIC_GRPC_HOST", args.host)  # gRPC listens where HTTP does, unless told otherwise
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     command = [bentoml, "serve", "service.service:Optic", "--host", args.host, "--port", str(args.port)]
     os.execvpe(command[0], command, env)

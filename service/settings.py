@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="The KServe v2 gRPC port (inference.GRPCInferenceService); 0: no gRPC."
     )
-    grpc_host: str = Field("0.0.0.0", description="The address gRPC listens on.")
+    grpc_host: str = Field(
+        "0.0.0.0", description="The address gRPC listens on (`optic serve` sets it to its --host unless it is set)."
+    )
     default_top_k: int = Field(5, ge=1)
     warmup_runs: int = Field(1, ge=0)
     verify_sha256: bool = True
