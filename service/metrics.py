@@ -27,6 +27,7 @@ class Metrics:
     load_failures: Any
     api_key_requests: Any
     requests: Any
+    load_seconds: Any
 
 
 @functools.cache
@@ -71,5 +72,11 @@ def get_metrics() -> Metrics:
             "optic_requests_total",
             "Inference requests by protocol: http (optic's JSON routes), v2-http and v2-grpc (KServe v2).",
             ["model", "version", "protocol"],
+        ),
+        load_seconds=prom.Histogram(
+            "optic_model_load_seconds",
+            "Seconds to load a model version: read, verify its sha256, create and warm its sessions.",
+            ["model"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
         ),
     )

@@ -38,6 +38,7 @@ class LoadedModel:
     path: Path
     task: ServeTask
     busy_session: ort.InferenceSession | None = None  # CPU, spinning auto: the non-spinning one, for batches
+    load_seconds: float = 0.0  # reading, verifying, the sessions and their warm-up
     input_name: str = field(init=False)
     output_names: list[str] = field(init=False)
     default_params: Any = field(init=False)  # the task's parameters for this model, built once
@@ -77,6 +78,13 @@ class LoadedModel:
 
 
 def load_model(version_dir: Path, settings: Settings) -> LoadedModel:
+    started = time.perf_counter()
+    model = _load_model(version_dir, settings)
+    model.load_seconds = time.perf_counter() - started
+    return model
+
+
+def _load_model(version_dir: Path, settings: Settings) -> LoadedModel:
     meta_path, onnx_path = version_dir / "model.json", version_dir / "model.onnx"
     if not meta_path.is_file() or not onnx_path.is_file():
         raise ModelLoadError(f"{version_dir}: needs model.json and model.onnx")

@@ -4,8 +4,10 @@ http.aio. Raw outputs equal ONNX Runtime run directly; encoded images give what 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,9 +40,19 @@ def _auth_grpc() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def v2(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # The demo models, and a digits/7 that ONNX Runtime refuses (its sha256 matching): it must not stop the rest.
+    folder = tmp_path_factory.mktemp("v2")
+    models = folder / "models"
+    shutil.copytree(repository, models)
+    broken = models / "digits" / "7"
+    shutil.copytree(models / "digits" / "1", broken)
+    (broken / "model.onnx").write_bytes(b"not a graph" * 64)
+    meta = json.loads((broken / "model.json").read_text())
+    meta.update(version="7", sha256=hashlib.sha256((broken / "model.onnx").read_bytes()).hexdigest())
+    (broken / "model.json").write_text(json.dumps(meta))
     # Default body and message limits (64 MiB): a gRPC batch over gRPC's usual 4 MiB goes through.
     env = {"OPTIC_API_KEYS": f"v2:{KEY}", "OPTIC_MAX_BATCH_WAIT_MS": "5"}
-    handle = start_server(repository, tmp_path_factory.mktemp("v2") / "serve.log", env=env)
+    handle = start_server(models, folder / "serve.log", env=env)
     yield handle
     handle.stop()
 
@@ -329,3 +341,25 @@ def test_one_batcher_for_every_protocol(v2: Server) -> None:
     assert images == 3 * rounds
     assert batches < 3 * rounds, "requests of different protocols never shared a batch"
     assert any(s[0].get("protocol") == "v2-grpc" for s in metric_samples(after, "optic_requests_total"))
+
+
+def test_repository_index_and_a_version_that_failed_to_load(v2: Server) -> None:
+    """Triton's repository index: every version READY, or UNAVAILABLE with the reason; the broken digits/7 did not
+    replace digits/1, which serves."""
+    index = _http(v2).get_model_repository_index(headers=_auth())
+    states = {(e["name"], e["version"]): e["state"] for e in index}
+    for name in ("digits", "digits_image", "shapes", "shapes-seg_image"):
+        assert states[name, max(v for n, v in states if n == name and states[n, v] == "READY")] == "READY"
+    failed = [e for e in index if e["state"] == "UNAVAILABLE"]
+    assert {(e["name"], e["version"]) for e in failed} == {("digits", "7"), ("digits_image", "7")}
+    assert all("ONNX Runtime cannot run it" in e["reason"] for e in failed)
+    ready = _grpc(v2).get_model_repository_index(headers=_auth_grpc(), as_json=True)["models"]
+    assert {(e["name"], e["version"]) for e in ready if e.get("state") == "READY"} == {
+        k for k, state in states.items() if state == "READY"
+    }
+    response = httpx.post(f"{v2.url}/v2/repository/index", json={"ready": True}, headers=_auth(), timeout=10)
+    assert all(e["state"] == "READY" for e in response.json()) and len(response.json()) == len(states) - 2
+    result = _http(v2).infer("digits", [_http_input(_pixels(1, 64))], headers=_auth())
+    assert result.get_response()["model_version"] == "1"
+    assert httpx.get(f"{v2.url}/models", headers=_auth(), timeout=10).json()["failed"].keys() == {"digits/7"}
+    assert metric_value(get_metrics(v2.url), "optic_model_load_seconds_count", model="digits") >= 1

@@ -2,8 +2,8 @@
 
 The stubs are tritonclient's generated ones (`tritonclient.grpc.service_pb2*`), the servicer is optic's: the
 same views, pipeline, batcher, limits and API keys as the REST routes. Tensors travel as raw contents both
-ways (the typed `contents` fields are read too). Calls optic does not serve (streaming, repository control,
-shared memory, statistics, tracing) answer UNIMPLEMENTED. Each worker binds `OPTIC_GRPC_PORT` with
+ways (the typed `contents` fields are read too). Calls optic does not serve (streaming, model load and
+unload, shared memory, statistics, tracing) answer UNIMPLEMENTED. Each worker binds `OPTIC_GRPC_PORT` with
 SO_REUSEPORT, as the HTTP port is shared, so several workers serve one port.
 """
 
@@ -139,6 +139,15 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             model = view.resolve(self.service.repository, request.version or None)
             config = json_format.ParseDict(view.config(model, self.service), model_config_pb2.ModelConfig())
             return service_pb2.ModelConfigResponse(config=config)
+
+        return await self._answer(context, META_LABEL, make)
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def make() -> Any:
+            entries = self.views.index(self.service.repository, ready_only=request.ready)
+            return service_pb2.RepositoryIndexResponse(
+                models=[service_pb2.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
+            )
 
         return await self._answer(context, META_LABEL, make)
 

@@ -1,7 +1,8 @@
 """The Open Inference Protocol over HTTP (KServe v2 REST, with Triton's binary tensor extension).
 
 `GET /v2`, `/v2/health/live|ready`, `/v2/models/M[/versions/V]` (metadata), `.../ready`, `.../config`
-(Triton's model configuration), `POST .../infer`. A request body is JSON, or (Triton's binary extension) a
+(Triton's model configuration), `POST .../infer`, `POST /v2/repository/index` (every version's state). A
+request body is JSON, or (Triton's binary extension) a
 JSON header of `Inference-Header-Content-Length` bytes followed by the inputs that carry
 `parameters.binary_data_size`, in order. Outputs go back as JSON `data`, or as binary after the JSON header
 where the request asks (`binary_data` per output, `binary_data_output` for all). Errors are Triton's shape,
@@ -101,6 +102,10 @@ class V2App:
         if parts == ["v2"]:
             _only(method, "GET", "HEAD")
             return _json(server_metadata(service))
+        if parts == ["v2", "repository", "index"]:
+            _only(method, "POST")
+            body = await read_body(receive, service.settings.max_field_bytes, lambda: _too_large(0))
+            return _json(views.index(service.repository, ready_only=_index_ready_only(body)))
         if len(parts) < 3 or parts[1] != "models":
             raise NotFound(f"no v2 route {scope['path']!r}")
         name, rest = parts[2], parts[3:]
@@ -133,6 +138,17 @@ class V2App:
 def _only(method: str, *allowed: str) -> None:
     if method not in allowed:
         raise MethodNotAllowed(f"this route takes {', '.join(allowed)}, not {method}", headers={"allow": allowed[0]})
+
+
+def _index_ready_only(body: bytes) -> bool:
+    """The index request's optional `{"ready": true}` (tritonclient sends an empty body)."""
+    if not body.strip():
+        return False
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise BadTensor(f"the repository index request is not JSON: {exc}", reason="malformed_request") from exc
+    return bool(isinstance(request, dict) and request.get("ready", False))
 
 
 def _too_large(limit: int) -> BodyTooLarge:

@@ -148,6 +148,20 @@ class Views:
         for name in repository.names():
             self.views.setdefault(name + IMAGE_SUFFIX, View(name + IMAGE_SUFFIX, name, encoded=True))
 
+    def index(self, repository: ModelRepository, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: every version of every view, READY, or UNAVAILABLE with the reason it
+        failed to load (a failed version never replaces a working one: the others stay READY)."""
+        entries = []
+        for view in self.views.values():
+            for model in view.versions(repository):
+                entries.append({"name": view.name, "version": model.metadata.version, "state": "READY"})
+        if not ready_only:
+            for key, reason in sorted(repository.failures.items()):
+                name, _, version = key.partition("/")
+                for view_name in (name, name + IMAGE_SUFFIX):
+                    entries.append({"name": view_name, "version": version, "state": "UNAVAILABLE", "reason": reason})
+        return sorted(entries, key=lambda e: (e["name"], _version_key(e["version"])))
+
     def get(self, name: str) -> View:
         view = self.views.get(name)
         if view is None:
