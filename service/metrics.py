@@ -28,6 +28,7 @@ class Metrics:
     api_key_requests: Any
     requests: Any
     load_seconds: Any
+    switches: Any
 
 
 @functools.cache
@@ -78,5 +79,10 @@ def get_metrics() -> Metrics:
             "Seconds to load a model version: read, verify its sha256, create and warm its sessions.",
             ["model"],
             buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+        ),
+        switches=prom.Counter(
+            "optic_model_switches_total",
+            "Version changes while serving (repository polling), by outcome: loaded, failed, retired.",
+            ["model", "outcome"],
         ),
     )

@@ -82,6 +82,11 @@ class Optic:
         ROUTES_APP.bind(self, GUARD.count_error)
         V2.bind(self)
         self.grpc = self._start_grpc()
+        if self.settings.repository_poll_s > 0:
+            from service.lifecycle import Lifecycle
+
+            self.lifecycle = Lifecycle(self, self._swap)
+            asyncio.get_running_loop().create_task(self.lifecycle.run())
         # Models, sessions and metadata live as long as the worker: out of the collector's sight, a full
         # collection stays short instead of pausing every request (and probe) while it walks them.
         gc.freeze()
@@ -102,16 +107,19 @@ class Optic:
             ids = ", ".join(k.key_id for k in GUARD.keys.keys)
             log.info("API keys required (%d keys: %s)", len(GUARD.keys.keys), ids)
 
+    def _swap(self, repository: ModelRepository) -> None:
+        """A new set of served versions, in one step: each request resolves its model against one set."""
+        self.repository = repository
+        self.pipeline.repository = repository
+        V2.bind(self)
+
     def _start_grpc(self) -> GrpcServer | None:
         """The v2 gRPC server, bound now (a port that cannot be had stops the worker), serving on this loop."""
         if not self.settings.grpc_port:
             return None
         from service.v2.grpc_server import GrpcServer  # grpcio loads only where gRPC is served
 
-        assert V2.views is not None
-        server = GrpcServer(
-            self, V2.views, self.settings.grpc_host, self.settings.grpc_port, self.settings.max_body_bytes
-        )
+        server = GrpcServer(self, V2, self.settings.grpc_host, self.settings.grpc_port, self.settings.max_body_bytes)
         asyncio.get_running_loop().create_task(server.start())
         GUARD.drain.before_exit.append(lambda: server.stop(1.0))
         return server

@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     )
     api_keys_file: Path | None = Field(None, description="A file of API keys, one per line (NAME:KEY or KEY).")
     protect_metrics: bool = Field(False, description="/metrics needs an API key too (when keys are set).")
+    repository_poll_s: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="Poll the model repository this often and switch versions without a restart; 0: read it once.",
+    )
+    version_policy: str = Field(
+        "all",
+        pattern=r"^(all|latest(:[1-9][0-9]*)?|specific:[^,\s]+(,[^,\s]+)*)$",
+        description="Versions served while polling: all, latest:N (the N newest that load) or specific:V1,V2.",
+    )
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="The KServe v2 gRPC port (inference.GRPCInferenceService); 0: no gRPC."
     )

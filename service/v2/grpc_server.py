@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from service.auth import presented_key
 from service.errors import OpticError, ShuttingDown, Unauthorized
-from service.v2.rest import EXTENSIONS
+from service.v2.rest import EXTENSIONS, V2App
 from service.v2.tensors import NUMPY_OF, BadTensor, InferRequest, Tensor, Wanted, check_shape, from_raw, to_raw
 from service.v2.views import Views, infer
 
@@ -65,10 +65,15 @@ def _parameter(params: Any, key: str) -> Any:
 
 
 class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: Optic, views: Views) -> None:
+    def __init__(self, service: Optic, v2: V2App) -> None:
         self.service = service
-        self.views = views
+        self.v2 = v2  # its views follow the served versions
         self.guard = service.guard
+
+    @property
+    def views(self) -> Views:
+        assert self.v2.views is not None
+        return self.v2.views
 
     async def _fail(self, context: grpc.aio.ServicerContext, exc: OpticError, label: str) -> None:
         self.service.metrics.errors.labels(label, exc.reason).inc()
@@ -212,14 +217,14 @@ class GrpcServer:
     """The worker's gRPC server: bound at start-up (a port that cannot be bound stops the worker), started
     on the worker's event loop, stopped as the drain ends."""
 
-    def __init__(self, service: Optic, views: Views, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, service: Optic, v2: V2App, host: str, port: int, max_message_bytes: int) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1),
         ]
         self.server = grpc.aio.server(options=options)
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(service, views), self.server)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(service, v2), self.server)
         address = f"{host}:{port}"
         try:
             self.port = self.server.add_insecure_port(address)

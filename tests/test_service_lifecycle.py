@@ -1,0 +1,128 @@
+"""Versions switch without a restart, under load: publish version 2 while clients send continuously, and every
+answer is a 200 that names version 1 until it names version 2; a broken version 3 never replaces it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.helpers import get_metrics, metric_value
+from tests.load import percentile
+from tests.server import Server, start_server
+
+POLL_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def polled(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    folder = tmp_path_factory.mktemp("lifecycle")
+    models = folder / "models"
+    shutil.copytree(repository / "digits", models / "digits")
+    env = {"OPTIC_REPOSITORY_POLL_S": str(POLL_S), "OPTIC_VERSION_POLICY": "latest:1"}
+    handle = start_server(models, folder / "serve.log", env=env)
+    yield handle, models
+    handle.stop()
+
+
+def _publish(models: Path, version: str, *, broken: bool = False) -> None:
+    """As the exporter does: written to a hidden folder, then renamed into place in one step."""
+    staging = models / "digits" / f".{version}.staging"
+    shutil.copytree(models / "digits" / "1", staging)
+    meta = json.loads((staging / "model.json").read_text())
+    if broken:
+        (staging / "model.onnx").write_bytes(b"not a graph" * 64)
+        meta["sha256"] = hashlib.sha256((staging / "model.onnx").read_bytes()).hexdigest()
+    meta["version"] = version
+    (staging / "model.json").write_text(json.dumps(meta))
+    os.rename(staging, models / "digits" / version)
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_new_version_takes_over_under_load_and_a_broken_one_never_does(polled: tuple[Server, Path]) -> None:
+    server, models = polled
+    image = _png()
+    answers: list[tuple[float, int, str, float]] = []  # (sent at, status, version, latency)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                sent = time.perf_counter()
+                response = http.post(f"{server.url}/classify", files=[("images", ("a.png", image))],
+                                     data={"model": "digits"})  # fmt: skip
+                version = response.json()["model"]["version"] if response.status_code == 200 else ""
+                answers.append((sent, response.status_code, version, time.perf_counter() - sent))
+
+    before = get_metrics(server.url)
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3.0)
+        published = time.perf_counter()
+        _publish(models, "2")
+        deadline = time.monotonic() + 30
+        while not any(a[2] == "2" for a in answers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        switched = min((a[0] for a in answers if a[2] == "2"), default=None)
+        assert switched is not None, "version 2 never took traffic"
+        time.sleep(2.0)
+        _publish(models, "3", broken=True)
+        time.sleep(6 * POLL_S)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    assert {a[1] for a in answers} == {200}, "every request answered 200 while versions switched"
+    versions = [a[2] for a in sorted(answers)]
+    changes = sum(1 for first, second in itertools.pairwise(versions) if first != second)
+    assert versions[0] == "1" and versions[-1] == "2", "the broken version 3 never took traffic"
+    # Clients in flight at the switch may answer out of order by a request or two: one switch, give or take.
+    late_ones = sum(1 for a in answers if a[2] == "1" and a[0] > switched + 1.0)
+    assert late_ones == 0 and changes <= 16, (changes, late_ones)
+    steady = percentile([a[3] for a in answers if a[0] < published], 99)
+    during = percentile([a[3] for a in answers if published <= a[0] <= switched + 1.0], 99)
+    assert during <= 2 * steady + 0.02, f"p99 during the switch {during * 1000:.1f} ms, steady {steady * 1000:.1f} ms"
+    print(f"\n{len(answers)} answers, all 200; version changes in send order {changes}; p99 steady "  # noqa: T201
+          f"{steady * 1000:.1f} ms, during the switch {during * 1000:.1f} ms; v2 served "
+          f"{switched - published:.2f} s after it was published")  # fmt: skip
+
+    body = httpx.get(f"{server.url}/models", timeout=10).json()
+    assert [(m["name"], m["version"]) for m in body["models"]] == [("digits", "2")], "latest:1 retired version 1"
+    assert "ONNX Runtime cannot run it" in body["failed"]["digits/3"]
+    index = httpx.post(f"{server.url}/v2/repository/index", timeout=10).json()
+    assert {(e["version"], e["state"]) for e in index if e["name"] == "digits"} == {("2", "READY"),
+                                                                                   ("3", "UNAVAILABLE")}
+    after = get_metrics(server.url)
+    for outcome in ("loaded", "retired", "failed"):
+        moved = metric_value(after, "optic_model_switches_total", model="digits", outcome=outcome) - metric_value(
+            before, "optic_model_switches_total", model="digits", outcome=outcome
+        )
+        assert moved == 1, (outcome, moved)
+
+    # Removing the broken version's folder forgets it; the served one is untouched.
+    shutil.rmtree(models / "digits" / "3")
+    deadline = time.monotonic() + 10
+    while "digits/3" in httpx.get(f"{server.url}/models", timeout=10).json()["failed"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    body = httpx.get(f"{server.url}/models", timeout=10).json()
+    assert body["failed"] == {} and [m["version"] for m in body["models"]] == ["2"]
+    assert server.process.poll() is None
