@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -133,6 +134,42 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _models(args: argparse.Namespace) -> int:
+    """`optic models list|load|unload`: the repository index and Triton's load and unload calls, over HTTP."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if args.action != "list" and not args.name:
+        print(f"optic models {args.action}: name the model", file=sys.stderr)
+        return 2
+    path = "/v2/repository/index" if args.action == "list" else f"/v2/repository/models/{args.name}/{args.action}"
+    request = urllib.request.Request(args.url.rstrip("/") + path, data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    key = args.api_key or os.environ.get("OPTIC_API_KEY")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            body = json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            detail = json.loads(detail).get("error", detail)
+        print(f"optic models {args.action}: HTTP {exc.code}: {detail}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"optic models {args.action}: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        for entry in body:
+            reason = f"  {entry['reason']}" if entry.get("reason") else ""
+            print(f"{entry['name']:<32} {entry['version']:<10} {entry['state']}{reason}")
+    else:
+        print(f"{body['model']}: {body['state']} {' '.join(body['versions'])}".rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="optic", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     sv.add_argument("--repository", help="model repository (default: OPTIC_MODEL_REPOSITORY or ./models)")
     sv.set_defaults(func=_serve)
+    md = sub.add_parser("models", help="list, load or unload the models of a running optic (OPTIC_MODEL_CONTROL)")
+    md.add_argument("action", choices=["list", "load", "unload"])
+    md.add_argument("name", nargs="?", help="the model (load, unload)")
+    md.add_argument("--url", default=os.environ.get("OPTIC_URL", "http://127.0.0.1:3000"))
+    md.add_argument("--api-key", help="when the server needs one (default: OPTIC_API_KEY)")
+    md.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a load")
+    md.set_defaults(func=_models)
     return parser
 
 

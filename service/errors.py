@@ -153,3 +153,17 @@ class NotFound(OpticError):
 class MethodNotAllowed(OpticError):
     reason = "method_not_allowed"
     status_code = 405
+
+
+class ControlOff(OpticError):
+    """A model load or unload call while model control is off (OPTIC_MODEL_CONTROL)."""
+
+    reason = "model_control_off"
+    status_code = 403
+
+
+class LoadFailed(OpticError):
+    """A load call found the model's folder, but no version of it could be loaded."""
+
+    reason = "load_failed"
+    status_code = 400

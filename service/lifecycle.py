@@ -14,7 +14,11 @@ leaves the next snapshot. Every worker process polls for itself, so all converge
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +41,38 @@ def signature(version_dir: Path) -> tuple[int, ...]:
         except OSError:
             stamp += [-1, -1]
     return tuple(stamp)
+
+
+CONTROL_TICK_S = 0.5  # how soon a load or unload call made on one worker reaches the others
+
+
+def control_path() -> Path:
+    """One file per server: its workers share a parent, the `bentoml serve` process."""
+    return Path(tempfile.gettempdir()) / f"optic-model-control-{os.getppid()}.json"
+
+
+class ControlFile:
+    """The models unloaded by calls, shared by every worker of one server: written under a lock, replaced in
+    one rename, read by each worker's tick."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> set[str]:
+        try:
+            return set(json.loads(self.path.read_text()).get("unloaded", []))
+        except (OSError, ValueError):
+            return set()
+
+    def update(self, name: str, *, unload: bool) -> set[str]:
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            unloaded = self.read()
+            (unloaded.add if unload else unloaded.discard)(name)
+            staging = self.path.with_suffix(f".{os.getpid()}.tmp")
+            staging.write_text(json.dumps({"unloaded": sorted(unloaded)}))
+            os.replace(staging, self.path)
+        return unloaded
 
 
 def candidates(policy: str, versions: list[str]) -> tuple[list[str], int]:
@@ -62,21 +98,43 @@ class Lifecycle:
         for model in service.repository:
             self._loaded_sig[_key(model)] = signature(model.path)
         self._lock = asyncio.Lock()
+        self.control = ControlFile(control_path())
+        self.unloaded: set[str] = self.control.read() if self.settings.model_control else set()
 
     async def run(self) -> None:
-        """Poll forever; a failed poll is logged and the next one tries again."""
+        """Poll the folder (when polling) and the control file (when control is on) forever; a failure is
+        logged and the next round tries again."""
+        settings = self.settings
+        tick = min(t for t in (settings.repository_poll_s or 3600.0, CONTROL_TICK_S if settings.model_control
+                               else 3600.0))  # fmt: skip
+        next_poll = asyncio.get_running_loop().time() + settings.repository_poll_s
         while True:
-            await asyncio.sleep(self.settings.repository_poll_s)
+            await asyncio.sleep(tick)
             try:
-                await self.sync()
+                if settings.model_control:
+                    await self.apply_control()
+                if settings.repository_poll_s and asyncio.get_running_loop().time() >= next_poll:
+                    next_poll += settings.repository_poll_s
+                    await self.sync()
             except Exception:
-                log.exception("polling the model repository failed; serving what was loaded")
+                log.exception("updating the served models failed; serving what was loaded")
 
-    async def sync(self) -> None:
+    async def apply_control(self) -> None:
+        """What any worker's load or unload call wrote to the control file, applied here."""
+        unloaded = self.control.read()
+        if unloaded == self.unloaded:
+            return
+        changed = unloaded ^ self.unloaded
+        self.unloaded = unloaded
+        await self.sync(only=changed)
+
+    async def sync(self, only: set[str] | None = None) -> None:
+        """Bring the served set in line with the folder: every model (polling) or only the `only` names (a load
+        or unload call; the others stay as they are)."""
         async with self._lock:
-            await self._sync()
+            await self._sync(only)
 
-    async def _sync(self) -> None:
+    async def _sync(self, only: set[str] | None) -> None:
         root = self.settings.model_repository
         current = self.service.repository
         served = {_key(m): m for m in current}
@@ -84,10 +142,17 @@ class Lifecycle:
         for version_dir in (p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
             if not version_dir.parent.name.startswith("."):
                 on_disk.setdefault(version_dir.parent.name, {})[version_dir.name] = version_dir
-        metrics = self.service.metrics
         kept: list[LoadedModel] = []
         failures: dict[str, str] = {}
-        for name, dirs in sorted(on_disk.items()):
+        for name in sorted(set(on_disk) | {m.metadata.name for m in current} | {k.split("/")[0] for k in
+                                                                                 current.failures}):  # fmt: skip
+            if name in self.unloaded:
+                continue  # unloaded by a call: out until loaded again
+            if only is not None and name not in only:  # not asked about: exactly as served
+                kept += [m for m in current if m.metadata.name == name]
+                failures.update({k: v for k, v in current.failures.items() if k.split("/")[0] == name})
+                continue
+            dirs = on_disk.get(name, {})
             wanted, limit = candidates(self.settings.version_policy, sorted(dirs, key=_version_key))
             healthy = 0
             for version in wanted:
@@ -100,6 +165,7 @@ class Lifecycle:
                     continue
                 kept.append(model)
                 healthy += 1
+        metrics = self.service.metrics
         kept_keys = {_key(m) for m in kept}
         if kept_keys == set(served) and failures == current.failures:
             return
@@ -143,3 +209,11 @@ class Lifecycle:
 
 def _key(model: LoadedModel) -> str:
     return f"{model.metadata.name}/{model.metadata.version}"
+
+
+async def control(lifecycle: Lifecycle, name: str, *, unload: bool) -> None:
+    """A load or unload call: recorded for every worker, applied on this one before the answer."""
+    unloaded = await asyncio.to_thread(lifecycle.control.update, name, unload=unload)
+    changed = unloaded ^ lifecycle.unloaded
+    lifecycle.unloaded = unloaded
+    await lifecycle.sync(only=changed | {name})

@@ -71,6 +71,10 @@ class Optic:
         self.repository = ModelRepository.load(self.settings)
         for failed in self.repository.failures:
             self.metrics.load_failures.labels(failed.split("/")[0]).inc()
+        # Every model's switch counters from zero: increase() sees the first failure of a new version too.
+        for name in {*self.repository.names(), *(f.split("/")[0] for f in self.repository.failures)}:
+            for outcome in ("loaded", "failed", "retired"):
+                self.metrics.switches.labels(name, outcome)
         for model in self.repository:
             meta = model.metadata
             self.metrics.model_info.labels(meta.name, meta.version, meta.task, model.provider, meta.sha256[:12]).set(1)
@@ -82,7 +86,7 @@ class Optic:
         ROUTES_APP.bind(self, GUARD.count_error)
         V2.bind(self)
         self.grpc = self._start_grpc()
-        if self.settings.repository_poll_s > 0:
+        if self.settings.repository_poll_s > 0 or self.settings.model_control:
             from service.lifecycle import Lifecycle
 
             self.lifecycle = Lifecycle(self, self._swap)

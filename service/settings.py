@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         le=86400,
         description="Poll the model repository this often and switch versions without a restart; 0: read it once.",
     )
+    model_control: bool = Field(
+        False,
+        description="Load and unload models by calls (POST /v2/repository/models/NAME/load|unload, optic models).",
+    )
     version_policy: str = Field(
         "all",
         pattern=r"^(all|latest(:[1-9][0-9]*)?|specific:[^,\s]+(,[^,\s]+)*)$",

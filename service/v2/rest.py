@@ -17,8 +17,18 @@ import logging
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from service.errors import BodyTooLarge, MethodNotAllowed, NotFound, OpticError, ShuttingDown
+from service.errors import (
+    BodyTooLarge,
+    ControlOff,
+    LoadFailed,
+    MethodNotAllowed,
+    NotFound,
+    OpticError,
+    ShuttingDown,
+    UnknownModel,
+)
 from service.http.app import Answer, ClientGone, Receive, Scope, Send, read_body, send_answer
+from service.repository import _version_key
 from service.v2.tensors import (
     BadTensor,
     InferRequest,
@@ -31,7 +41,7 @@ from service.v2.tensors import (
     to_json_data,
     to_raw,
 )
-from service.v2.views import Views, infer
+from service.v2.views import IMAGE_SUFFIX, Views, infer
 
 if TYPE_CHECKING:
     from service.service import Optic
@@ -106,6 +116,10 @@ class V2App:
             _only(method, "POST")
             body = await read_body(receive, service.settings.max_field_bytes, lambda: _too_large(0))
             return _json(views.index(service.repository, ready_only=_index_ready_only(body)))
+        if parts[:3] == ["v2", "repository", "models"] and len(parts) == 5 and parts[4] in ("load", "unload"):
+            _only(method, "POST")
+            await read_body(receive, service.settings.max_field_bytes, lambda: _too_large(0))
+            return _json(await load_or_unload(service, parts[3], unload=parts[4] == "unload"))
         if len(parts) < 3 or parts[1] != "models":
             raise NotFound(f"no v2 route {scope['path']!r}")
         name, rest = parts[2], parts[3:]
@@ -138,6 +152,27 @@ class V2App:
 def _only(method: str, *allowed: str) -> None:
     if method not in allowed:
         raise MethodNotAllowed(f"this route takes {', '.join(allowed)}, not {method}", headers={"allow": allowed[0]})
+
+
+async def load_or_unload(service: Optic, name: str, *, unload: bool) -> dict[str, Any]:
+    """Triton's repository extension: load (the versions the policy keeps) or unload (every version) a model, on
+    every worker: applied here before the answer, on the others within half a second."""
+    from service.lifecycle import control
+
+    lifecycle = getattr(service, "lifecycle", None)
+    if lifecycle is None or not service.settings.model_control:
+        raise ControlOff("model load and unload calls are off: start optic with OPTIC_MODEL_CONTROL=true")
+    base = name.removesuffix(IMAGE_SUFFIX) if name.endswith(IMAGE_SUFFIX) else name
+    folder = service.settings.model_repository / base
+    served = any(m.metadata.name == base for m in service.repository)
+    if not folder.is_dir() and not served:
+        raise UnknownModel(f"unknown model {name!r}: no folder {base}/ in the model repository")
+    await control(lifecycle, base, unload=unload)
+    versions = sorted((m.metadata.version for m in service.repository if m.metadata.name == base), key=_version_key)
+    if not unload and not versions:
+        reasons = {k: v for k, v in service.repository.failures.items() if k.split("/")[0] == base}
+        raise LoadFailed(f"no version of {base!r} could be loaded", detail={"failed": reasons})
+    return {"model": base, "state": "UNAVAILABLE" if unload else "READY", "versions": versions}
 
 
 def _index_ready_only(body: bytes) -> bool:
