@@ -1,5 +1,6 @@
 """Model versions that change without a restart: the repository folder is polled, new versions are loaded off
-the serving path and take traffic only once ready, and retired versions finish what they run.
+the serving path (warmed at every batch size) and take traffic only once ready, and retired versions finish
+what they run.
 
 Each poll (`OPTIC_REPOSITORY_POLL_S`, 0: off) compares the folder with what is served. A version folder not yet
 served is read, sha256-verified, given its sessions and warmed on a worker thread, while the current set keeps
@@ -190,7 +191,7 @@ class Lifecycle:
         metrics = self.service.metrics
         name = version_dir.parent.name
         try:
-            model = await asyncio.to_thread(load_model, version_dir, self.settings)
+            model = await asyncio.to_thread(load_model, version_dir, self.settings, every_batch_size=True)
         except ModelLoadError as exc:
             self._failed[key] = (stamp, str(exc))
             metrics.switches.labels(name, "failed").inc()

@@ -77,14 +77,16 @@ class LoadedModel:
         return data
 
 
-def load_model(version_dir: Path, settings: Settings) -> LoadedModel:
+def load_model(version_dir: Path, settings: Settings, *, every_batch_size: bool = False) -> LoadedModel:
+    """Read, verify, create the sessions and warm them. `every_batch_size`: warm every batch size the batcher
+    can form (a version loaded while serving: its first requests then meet no first-run cost at any size)."""
     started = time.perf_counter()
-    model = _load_model(version_dir, settings)
+    model = _load_model(version_dir, settings, every_batch_size)
     model.load_seconds = time.perf_counter() - started
     return model
 
 
-def _load_model(version_dir: Path, settings: Settings) -> LoadedModel:
+def _load_model(version_dir: Path, settings: Settings, every_batch_size: bool) -> LoadedModel:
     meta_path, onnx_path = version_dir / "model.json", version_dir / "model.onnx"
     if not meta_path.is_file() or not onnx_path.is_file():
         raise ModelLoadError(f"{version_dir}: needs model.json and model.onnx")
@@ -105,11 +107,11 @@ def _load_model(version_dir: Path, settings: Settings) -> LoadedModel:
         task = get_task(metadata.task)
         session, provider = create_session(onnx_path, settings)
         model = LoadedModel(metadata=metadata, session=session, provider=provider, path=version_dir, task=task)
-        warm_up(model, settings)
+        warm_up(model, settings, every_batch_size)
         if provider == "cpu":
             model.busy_session = create_busy_session(onnx_path, settings, lone_image_seconds(model))
             if model.busy_session is not None:
-                warm_up(model, settings)
+                warm_up(model, settings, every_batch_size)
     except (ModelLoadError, ProviderUnavailable):
         raise  # a GPU provider asked for and missing stops start-up: no silent fallback
     except OSError as exc:
@@ -131,11 +133,13 @@ def lone_image_seconds(model: LoadedModel) -> float:
     return sorted(times)[1]
 
 
-def warm_up(model: LoadedModel, settings: Settings) -> None:
-    """Run a batch of one and of two: both code paths (and a dynamic N) are initialised before /readyz."""
+def warm_up(model: LoadedModel, settings: Settings, every_batch_size: bool = False) -> None:
+    """Run a batch of one and of two (both code paths, and a dynamic N, initialised before /readyz), or of
+    every size from 1 to the largest the batcher forms."""
     spec = model.metadata.input
-    sizes = [1] if spec.max_batch_size == 1 else [1, 2]
-    for _ in range(settings.warmup_runs):
+    largest = 1 if spec.max_batch_size == 1 else min(settings.max_batch_size, spec.max_batch_size or 1 << 30)
+    sizes = range(1, largest + 1) if every_batch_size else range(1, min(largest, 2) + 1)
+    for _ in range(max(settings.warmup_runs, 1 if every_batch_size else 0)):
         for n in sizes:
             for busy in (False, True) if model.busy_session is not None else (False,):
                 model.run(np.zeros((n, 3, spec.height, spec.width), dtype=np.uint8), busy)

@@ -74,7 +74,7 @@ def test_a_new_version_takes_over_under_load_and_a_broken_one_never_does(polled:
                 answers.append((sent, response.status_code, version, time.perf_counter() - sent))
 
     before = get_metrics(server.url)
-    threads = [threading.Thread(target=client) for _ in range(8)]
+    threads = [threading.Thread(target=client) for _ in range(16)]
     for thread in threads:
         thread.start()
     try:
