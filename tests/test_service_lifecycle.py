@@ -115,6 +115,8 @@ def test_a_new_version_takes_over_under_load_and_a_broken_one_never_does(polled:
     assert {(e["version"], e["state"]) for e in index if e["name"] == "digits"} == {("2", "READY"),
                                                                                    ("3", "UNAVAILABLE")}
     after = get_metrics(server.url)
+    live = {v: metric_value(after, "optic_model_info", model="digits", version=v) for v in ("1", "2")}
+    assert live == {"1": 0, "2": 1}, f"optic_model_info names the live version: {live}"
     for outcome in ("loaded", "retired", "failed"):
         moved = metric_value(after, "optic_model_switches_total", model="digits", outcome=outcome) - metric_value(
             before, "optic_model_switches_total", model="digits", outcome=outcome
