@@ -19,14 +19,14 @@ import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 
 from service.pipeline import prepare
-from service.repository import LoadedModel, load_model
+from service.repository import LoadedModel, load_model, version_dirs
 from service.settings import Settings
 
 
 def _load(repository: Path) -> dict[str, LoadedModel]:
     settings = Settings(model_repository=repository)
     models = {}
-    for version_dir in sorted(p for p in repository.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
+    for version_dir in version_dirs(repository):
         model = load_model(version_dir, settings)
         models[model.key] = models[model.metadata.name] = model
     return models

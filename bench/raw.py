@@ -19,7 +19,7 @@ import numpy as np
 from bench.images import BenchImage
 from bench.machine import CpuWindow, machine_busy_s, own_cpu_s
 from service.pipeline import prepare
-from service.repository import LoadedModel, ModelLoadError
+from service.repository import LoadedModel, ModelLoadError, version_dirs
 from service.settings import Settings
 
 
@@ -45,7 +45,7 @@ def find_version_dirs(repository: Path) -> list[Path]:
     """Every NAME/VERSION folder, in the order the service loads them."""
     if not repository.is_dir():
         raise ModelLoadError(f"model repository {repository} does not exist")
-    return sorted(p for p in repository.glob("*/*") if p.is_dir() and not p.name.startswith("."))
+    return version_dirs(repository)
 
 
 def service_batch_size(model: LoadedModel, settings: Settings) -> int:

@@ -74,25 +74,23 @@ class MicroBatcher:
     async def submit(self, array: np.ndarray, *, decoded: bool = True) -> Outputs:
         """Queue one image's model input and wait for its outputs. `decoded=False`: a tensor sent as it is (the
         v2 protocol), whose batch, with no decoding beside it, may use every ORT thread."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._expected = max(0, self._expected - 1)
-        self._queue.put_nowait(_Pending(array, future, time.perf_counter(), decoded))
-        self._queued_images += 1
-        self._arrived.set()
-        return await future
+        return await self._enqueue(array, decoded, chunk=False)
 
     async def submit_chunk(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Queue a request's whole batch of tensors (the v2 protocol) as one item: it joins a batch with other
         requests' images, never split, and gets back its own rows of every output."""
+        return await self._enqueue(batch, False, chunk=True)
+
+    async def _enqueue(self, array: np.ndarray, decoded: bool, *, chunk: bool) -> Any:
+        loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(batch, future, time.perf_counter(), False, chunk=True))
-        self._queued_images += len(batch)
+            self._task = loop.create_task(self._loop())
+        pending = _Pending(array, loop.create_future(), time.perf_counter(), decoded, chunk)
+        self._queue.put_nowait(pending)
+        self._queued_images += pending.images
         self._arrived.set()
-        return await future
+        return await pending.future
 
     async def _collect(self) -> list[_Pending]:
         batch = [self._held] if self._held is not None else [await self._queue.get()]

@@ -24,7 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.repository import LoadedModel, ModelLoadError, ModelRepository, _version_key, load_model
+from service.repository import (
+    LoadedModel,
+    ModelLoadError,
+    ModelRepository,
+    _version_key,
+    load_model,
+    version_dirs,
+)
 
 if TYPE_CHECKING:
     from service.service import Optic
@@ -106,8 +113,7 @@ class Lifecycle:
         """Poll the folder (when polling) and the control file (when control is on) forever; a failure is
         logged and the next round tries again."""
         settings = self.settings
-        tick = min(t for t in (settings.repository_poll_s or 3600.0, CONTROL_TICK_S if settings.model_control
-                               else 3600.0))  # fmt: skip
+        tick = min(settings.repository_poll_s or 3600.0, CONTROL_TICK_S if settings.model_control else 3600.0)
         next_poll = asyncio.get_running_loop().time() + settings.repository_poll_s
         while True:
             await asyncio.sleep(tick)
@@ -122,12 +128,14 @@ class Lifecycle:
 
     async def apply_control(self) -> None:
         """What any worker's load or unload call wrote to the control file, applied here."""
-        unloaded = self.control.read()
-        if unloaded == self.unloaded:
-            return
-        changed = unloaded ^ self.unloaded
+        await self.adopt(self.control.read())
+
+    async def adopt(self, unloaded: set[str], also: frozenset[str] = frozenset()) -> None:
+        """Serve by a new set of unloaded models: the names that changed, and `also`, are brought in line."""
+        changed = (unloaded ^ self.unloaded) | also
         self.unloaded = unloaded
-        await self.sync(only=changed)
+        if changed:
+            await self.sync(only=changed)
 
     async def sync(self, only: set[str] | None = None) -> None:
         """Bring the served set in line with the folder: every model (polling) or only the `only` names (a load
@@ -140,9 +148,8 @@ class Lifecycle:
         current = self.service.repository
         served = {_key(m): m for m in current}
         on_disk: dict[str, dict[str, Path]] = {}
-        for version_dir in (p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
-            if not version_dir.parent.name.startswith("."):
-                on_disk.setdefault(version_dir.parent.name, {})[version_dir.name] = version_dir
+        for version_dir in version_dirs(root):
+            on_disk.setdefault(version_dir.parent.name, {})[version_dir.name] = version_dir
         kept: list[LoadedModel] = []
         failures: dict[str, str] = {}
         for name in sorted(set(on_disk) | {m.metadata.name for m in current} | {k.split("/")[0] for k in
@@ -174,9 +181,8 @@ class Lifecycle:
         self.on_swap(snapshot)
         for key, model in served.items():
             if key not in kept_keys:
-                meta = model.metadata
-                metrics.model_info.labels(meta.name, meta.version, meta.task, model.provider, meta.sha256[:12]).set(0)
-                metrics.switches.labels(meta.name, "retired").inc()
+                metrics.model_live(model, False)
+                metrics.switches.labels(model.metadata.name, "retired").inc()
                 self._loaded_sig.pop(key, None)
                 log.info("retired %s: requests already running on it finish on it", key)
 
@@ -200,10 +206,8 @@ class Lifecycle:
             return served
         self._failed.pop(key, None)
         self._loaded_sig[key] = stamp
-        meta = model.metadata
-        metrics.model_info.labels(meta.name, meta.version, meta.task, model.provider, meta.sha256[:12]).set(1)
-        metrics.load_seconds.labels(meta.name).observe(model.load_seconds)
-        metrics.switches.labels(meta.name, "loaded").inc()
+        metrics.model_live(model, True)
+        metrics.switches.labels(name, "loaded").inc()
         log.info("loaded %s on %s in %.2f s; it takes traffic now", key, model.provider, model.load_seconds)
         return model
 
@@ -215,6 +219,4 @@ def _key(model: LoadedModel) -> str:
 async def control(lifecycle: Lifecycle, name: str, *, unload: bool) -> None:
     """A load or unload call: recorded for every worker, applied on this one before the answer."""
     unloaded = await asyncio.to_thread(lifecycle.control.update, name, unload=unload)
-    changed = unloaded ^ lifecycle.unloaded
-    lifecycle.unloaded = unloaded
-    await lifecycle.sync(only=changed | {name})
+    await lifecycle.adopt(unloaded, also=frozenset({name}))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.repository import LoadedModel
 
 # Per-stage seconds: preprocessing a request of a few images, one batched session.run, postprocessing.
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -29,6 +32,13 @@ class Metrics:
     requests: Any
     load_seconds: Any
     switches: Any
+
+    def model_live(self, model: LoadedModel, live: bool) -> None:
+        """`optic_model_info` of a version: 1 while it serves (its load time observed as it starts), then 0."""
+        meta = model.metadata
+        self.model_info.labels(meta.name, meta.version, meta.task, model.provider, meta.sha256[:12]).set(int(live))
+        if live:
+            self.load_seconds.labels(meta.name).observe(model.load_seconds)
 
 
 @functools.cache

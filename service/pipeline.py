@@ -76,16 +76,13 @@ class Pipeline:
 
     def batcher(self, model: LoadedModel) -> MicroBatcher:
         if model.key not in self._batchers:
-            labels = (model.metadata.name, model.metadata.version)
-            infer_hist = self.metrics.stage_seconds.labels(*labels, "inference")
-            size_hist = self.metrics.batch_size.labels(*labels)
-
+            series = self._series(model)
             key = model.key
             admission = self.admission
 
             def on_batch(size: int, queued: float, started: float, ended: float) -> None:
-                size_hist.observe(size)
-                infer_hist.observe(ended - started)
+                series.batch_size.observe(size)
+                series.inference.observe(ended - started)
                 admission.observe_batch(key, size, queued, ended)
 
             lock = self._infer_lock

@@ -145,6 +145,11 @@ def warm_up(model: LoadedModel, settings: Settings, every_batch_size: bool = Fal
                 model.run(np.zeros((n, 3, spec.height, spec.width), dtype=np.uint8), busy)
 
 
+def version_dirs(root: Path) -> list[Path]:
+    """Every NAME/VERSION folder of a repository, in load order; hidden ones (an exporter's staging) left out."""
+    return sorted(p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith("."))
+
+
 class ModelRepository:
     def __init__(self, models: list[LoadedModel], failures: dict[str, str] | None = None) -> None:
         self._models: dict[str, dict[str, LoadedModel]] = {}
@@ -158,7 +163,7 @@ class ModelRepository:
         if not root.is_dir():
             raise ModelLoadError(f"model repository {root} does not exist (OPTIC_MODEL_REPOSITORY)")
         models, failures = [], {}
-        for version_dir in sorted(p for p in root.glob("*/*") if p.is_dir() and not p.name.startswith(".")):
+        for version_dir in version_dirs(root):
             try:
                 models.append(load_model(version_dir, settings))
                 log.info("loaded %s on %s", version_dir, models[-1].provider)

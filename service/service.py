@@ -77,8 +77,7 @@ class Optic:
                 self.metrics.switches.labels(name, outcome)
         for model in self.repository:
             meta = model.metadata
-            self.metrics.model_info.labels(meta.name, meta.version, meta.task, model.provider, meta.sha256[:12]).set(1)
-            self.metrics.load_seconds.labels(meta.name).observe(model.load_seconds)
+            self.metrics.model_live(model, True)
             log.info("serving %s (%s) on %s", model.key, meta.task, model.provider)
         self.pipeline = Pipeline(self.repository, self.settings, self.metrics)
         self.guard = GUARD

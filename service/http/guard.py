@@ -21,6 +21,7 @@ from service.auth import KeyChecker, presented_key
 from service.errors import OpticError, ShuttingDown, Unauthorized
 from service.http.app import REASON_HEADER, Answer, Receive, Scope, Send, error_answer, send_answer
 from service.shutdown import Drain
+from service.v2.rest import error_label, is_v2
 
 PROBES = frozenset({"/livez", "/readyz", "/healthz"})
 EXEMPT = frozenset({"/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})  # probes: no key
@@ -58,8 +59,8 @@ class GuardState:
 
     def endpoint_label(self, path: str) -> str:
         """A bounded label: a known route's path, else "other" (never what a client made up)."""
-        if path.startswith("/v2/") or path == "/v2":
-            return "/v2/models/infer" if path.endswith("/infer") else "/v2"
+        if is_v2(path):
+            return error_label(path)
         return path if path in self.optic_paths or path in BENTOML_PATHS else "other"
 
 
@@ -100,7 +101,7 @@ class Guard:
             return
         with state.drain.track():
             endpoint = state.endpoints.get(path)
-            if endpoint is None and path.startswith("/v2") and (len(path) == 3 or path[3] == "/"):
+            if endpoint is None and is_v2(path):
                 endpoint = state.v2
             if endpoint is not None:
                 await endpoint(scope, receive, send)  # optic's endpoints shape and count their own errors

@@ -21,7 +21,17 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from service.auth import presented_key
 from service.errors import OpticError, ShuttingDown, Unauthorized
 from service.v2.rest import EXTENSIONS, V2App
-from service.v2.tensors import NUMPY_OF, BadTensor, InferRequest, Tensor, Wanted, check_shape, from_raw, to_raw
+from service.v2.tensors import (
+    NUMPY_OF,
+    BadTensor,
+    InferRequest,
+    Tensor,
+    Wanted,
+    check_shape,
+    element_count,
+    from_raw,
+    to_raw,
+)
 from service.v2.views import Views, infer
 
 if TYPE_CHECKING:
@@ -113,7 +123,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         def make() -> Any:
             try:
-                self.views.get(request.name).resolve(self.service.repository, request.version or None)
+                self.views.get(request.name).resolve(request.version or None)
             except OpticError:
                 return service_pb2.ModelReadyResponse(ready=False)
             return service_pb2.ModelReadyResponse(ready=not self.guard.drain.draining)
@@ -132,8 +142,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         def make() -> Any:
             view = self.views.get(request.name)
-            model = view.resolve(self.service.repository, request.version or None)
-            data = view.metadata(model, self.service.repository)
+            data = view.metadata(view.resolve(request.version or None))
             return json_format.ParseDict(data, service_pb2.ModelMetadataResponse())
 
         return await self._answer(context, META_LABEL, make)
@@ -141,15 +150,15 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         def make() -> Any:
             view = self.views.get(request.name)
-            model = view.resolve(self.service.repository, request.version or None)
-            config = json_format.ParseDict(view.config(model, self.service), model_config_pb2.ModelConfig())
+            model = view.resolve(request.version or None)
+            config = json_format.ParseDict(view.config(model, self.service.settings), model_config_pb2.ModelConfig())
             return service_pb2.ModelConfigResponse(config=config)
 
         return await self._answer(context, META_LABEL, make)
 
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         def make() -> Any:
-            entries = self.views.index(self.service.repository, ready_only=request.ready)
+            entries = self.views.index(ready_only=request.ready)
             return service_pb2.RepositoryIndexResponse(
                 models=[service_pb2.RepositoryIndexResponse.ModelIndex(**entry) for entry in entries]
             )
@@ -185,14 +194,14 @@ def parse_request(request: Any) -> InferRequest:
             data = from_raw(entry.name, entry.datatype, shape, raw[i])
         elif entry.datatype == "BYTES":
             data = list(entry.contents.bytes_contents)
-            if len(data) != int(np.prod(shape)):
+            if len(data) != element_count(shape):
                 raise BadTensor(f"input {entry.name!r}: {len(data)} BYTES elements for shape {shape}")
         else:
             field = _CONTENTS.get(entry.datatype)
             if field is None:
                 raise BadTensor(f"input {entry.name!r}: datatype {entry.datatype!r} needs raw_input_contents")
             values = np.asarray(getattr(entry.contents, field))
-            if values.size != int(np.prod(shape)):
+            if values.size != element_count(shape):
                 raise BadTensor(f"input {entry.name!r}: {values.size} {field} for shape {shape}")
             data = values.astype(NUMPY_OF[entry.datatype]).reshape(shape)
         inputs.append(Tensor(entry.name, entry.datatype, shape, data))

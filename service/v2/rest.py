@@ -27,7 +27,7 @@ from service.errors import (
     ShuttingDown,
     UnknownModel,
 )
-from service.http.app import Answer, ClientGone, Receive, Scope, Send, read_body, send_answer
+from service.http.app import Answer, ClientGone, Receive, Scope, Send, json_answer, read_body, send_answer
 from service.repository import _version_key
 from service.v2.tensors import (
     BadTensor,
@@ -55,17 +55,21 @@ META_LABEL = "/v2"
 _V2_STATUS = {422: 400, 415: 400}
 
 
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_label(path: str) -> str:
+    """The errors metric's endpoint label of a /v2 path: bounded, whatever the model."""
+    return INFER_LABEL if path.rstrip("/").endswith("/infer") else META_LABEL
+
+
 def v2_error(exc: OpticError) -> Answer:
     status = _V2_STATUS.get(exc.status_code, exc.status_code)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
     if status in (413, 503):
         headers.append((b"connection", b"close"))
-    body = json.dumps({"error": exc.message, "reason": exc.reason}).encode()
-    return Answer(body, status, headers=headers)
-
-
-def _json(content: Any) -> Answer:
-    return Answer(json.dumps(content, separators=(",", ":")).encode())
+    return json_answer({"error": exc.message, "reason": exc.reason}, status, headers)
 
 
 class V2App:
@@ -81,7 +85,7 @@ class V2App:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts = [p for p in scope["path"].split("/") if p]
-        label = INFER_LABEL if parts[-1:] == ["infer"] else META_LABEL
+        label = error_label(scope["path"])
         try:
             answer = await self._route(scope, receive, parts)
         except OpticError as exc:
@@ -111,15 +115,15 @@ class V2App:
             raise ShuttingDown("optic is not ready: its models are still loading", reason="unavailable")
         if parts == ["v2"]:
             _only(method, "GET", "HEAD")
-            return _json(server_metadata(service))
+            return json_answer(server_metadata(service))
         if parts == ["v2", "repository", "index"]:
             _only(method, "POST")
             body = await read_body(receive, service.settings.max_field_bytes, lambda: _too_large(0))
-            return _json(views.index(service.repository, ready_only=_index_ready_only(body)))
+            return json_answer(views.index(ready_only=_index_ready_only(body)))
         if parts[:3] == ["v2", "repository", "models"] and len(parts) == 5 and parts[4] in ("load", "unload"):
             _only(method, "POST")
             await read_body(receive, service.settings.max_field_bytes, lambda: _too_large(0))
-            return _json(await load_or_unload(service, parts[3], unload=parts[4] == "unload"))
+            return json_answer(await load_or_unload(service, parts[3], unload=parts[4] == "unload"))
         if len(parts) < 3 or parts[1] != "models":
             raise NotFound(f"no v2 route {scope['path']!r}")
         name, rest = parts[2], parts[3:]
@@ -129,16 +133,16 @@ class V2App:
                 raise NotFound(f"no v2 route {scope['path']!r}")
             version, rest = rest[1], rest[2:]
         view = views.get(name)
-        model = view.resolve(service.repository, version)
+        model = view.resolve(version)
         if not rest:
             _only(method, "GET", "HEAD")
-            return _json(view.metadata(model, service.repository))
+            return json_answer(view.metadata(model))
         if rest == ["ready"]:
             _only(method, "GET", "HEAD")
             return Answer(b"", content_type=b"text/plain")
         if rest == ["config"]:
             _only(method, "GET", "HEAD")
-            return _json(view.config(model, service))
+            return json_answer(view.config(model, service.settings))
         if rest == ["infer"]:
             _only(method, "POST")
             limit = service.settings.max_body_bytes

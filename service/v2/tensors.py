@@ -7,6 +7,7 @@ contents) decode into these and encode from them; nothing here knows HTTP or gRP
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,10 +93,7 @@ class InferResult:
 
 
 def element_count(shape: list[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+    return math.prod(shape)
 
 
 def check_shape(name: str, shape: Any) -> list[int]:

@@ -13,13 +13,14 @@ with `/classify` and friends and are refused with them under overload.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from service.errors import NoImages, TooManyImages, UnknownModel
 from service.repository import LoadedModel, ModelRepository, _version_key
+from service.settings import Settings
 from service.v2.tensors import (
     ORT_DATATYPES,
     BadTensor,
@@ -59,23 +60,19 @@ class View:
     name: str  # the v2 model name
     model: str  # optic's model name
     encoded: bool
-    _cache: dict[int, dict[str, LoadedModel]] = field(default_factory=dict, compare=False, repr=False)
+    models: tuple[LoadedModel, ...]  # its loaded versions, oldest first (of the snapshot the views were built on)
 
-    def versions(self, repository: ModelRepository) -> list[LoadedModel]:
-        return sorted(
-            (m for m in repository if m.metadata.name == self.model), key=lambda m: _version_key(m.metadata.version)
-        )
+    def versions(self) -> list[str]:
+        return [m.metadata.version for m in self.models]
 
-    def resolve(self, repository: ModelRepository, version: str | None) -> LoadedModel:
-        """The version asked for, or the latest; looked up once per (repository, version)."""
-        cache = self._cache.get(id(repository))
-        if cache is None:
-            found = self.versions(repository)
-            cache = self._cache[id(repository)] = {"": found[-1], **{m.metadata.version: m for m in found}}
-        model = cache.get(version or "")
-        if model is None:
-            raise UnknownModel(f"model {self.name!r} has no version {version!r}")
-        return model
+    def resolve(self, version: str | None) -> LoadedModel:
+        """The version asked for, or the latest."""
+        if not version:
+            return self.models[-1]
+        for model in self.models:
+            if model.metadata.version == version:
+                return model
+        raise UnknownModel(f"model {self.name!r} has no version {version!r}")
 
     def inputs(self, model: LoadedModel) -> list[Spec]:
         spec = model.metadata.input
@@ -89,19 +86,18 @@ class View:
             for o in model.session.get_outputs()
         ]
 
-    def metadata(self, model: LoadedModel, repository: ModelRepository) -> dict[str, Any]:
+    def metadata(self, model: LoadedModel) -> dict[str, Any]:
         return {
             "name": self.name,
-            "versions": [m.metadata.version for m in self.versions(repository)],
+            "versions": self.versions(),
             "platform": IMAGE_PLATFORM if self.encoded else PLATFORM,
             "inputs": [s.json() for s in self.inputs(model)],
             "outputs": [s.json() for s in self.outputs(model)],
         }
 
-    def config(self, model: LoadedModel, service: Optic) -> dict[str, Any]:
+    def config(self, model: LoadedModel, settings: Settings) -> dict[str, Any]:
         """Triton's model configuration (JSON form): what tritonclient's get_model_config and perf_analyzer
         read. With max_batch_size > 0, dims leave the batch dimension out."""
-        settings = service.settings
         inputs = []
         for spec in self.inputs(model):
             entry: dict[str, Any] = {"name": spec.name, "data_type": triton_type(spec.datatype), "dims": spec.shape[1:]}
@@ -118,7 +114,7 @@ class View:
             "name": self.name,
             "platform": IMAGE_PLATFORM if self.encoded else PLATFORM,
             "backend": "onnxruntime",
-            "version_policy": {"specific": {"versions": [int(v) for v in self._numeric_versions(service)]}},
+            "version_policy": {"specific": {"versions": [int(v) for v in self.versions() if v.isdigit()]}},
             "max_batch_size": min(settings.max_images_per_request, model.max_batch_size or 1 << 30),
             "input": inputs,
             "output": outputs,
@@ -134,29 +130,31 @@ class View:
             },
         }
 
-    def _numeric_versions(self, service: Optic) -> list[str]:
-        return [m.metadata.version for m in self.versions(service.repository) if m.metadata.version.isdigit()]
-
-
 class Views:
-    """Every loaded model's two views, by v2 name."""
+    """Every loaded model's two views, by v2 name, over one snapshot of the served versions (a new snapshot
+    gets new views)."""
 
     def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
         self.views: dict[str, View] = {}
+        by_name: dict[str, list[LoadedModel]] = {}
+        for model in repository:
+            by_name.setdefault(model.metadata.name, []).append(model)
         for name in repository.names():
-            self.views.setdefault(name, View(name, name, encoded=False))
+            models = tuple(sorted(by_name[name], key=lambda m: _version_key(m.metadata.version)))
+            self.views.setdefault(name, View(name, name, False, models))
         for name in repository.names():
-            self.views.setdefault(name + IMAGE_SUFFIX, View(name + IMAGE_SUFFIX, name, encoded=True))
+            self.views.setdefault(name + IMAGE_SUFFIX, View(name + IMAGE_SUFFIX, name, True, self.views[name].models))
 
-    def index(self, repository: ModelRepository, ready_only: bool = False) -> list[dict[str, str]]:
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's repository index: every version of every view, READY, or UNAVAILABLE with the reason it
         failed to load (a failed version never replaces a working one: the others stay READY)."""
         entries = []
         for view in self.views.values():
-            for model in view.versions(repository):
-                entries.append({"name": view.name, "version": model.metadata.version, "state": "READY"})
+            for version in view.versions():
+                entries.append({"name": view.name, "version": version, "state": "READY"})
         if not ready_only:
-            for key, reason in sorted(repository.failures.items()):
+            for key, reason in sorted(self.repository.failures.items()):
                 name, _, version = key.partition("/")
                 for view_name in (name, name + IMAGE_SUFFIX):
                     entries.append({"name": view_name, "version": version, "state": "UNAVAILABLE", "reason": reason})
@@ -172,7 +170,7 @@ class Views:
 async def infer(service: Optic, views: Views, request: InferRequest, protocol: str) -> InferResult:
     """One v2 inference: check the input against the view, run it through the pipeline, shape the outputs."""
     view = views.get(request.model)
-    model = view.resolve(service.repository, request.version)
+    model = view.resolve(request.version)
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
         names = [t.name for t in request.inputs]
         raise BadTensor(f"model {view.name!r} takes one input named {INPUT!r}, got {names}")
