@@ -12,17 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
+from dataformats.coco import read_coco
+from dataformats.detection import find_detection_splits
+from dataformats.yolo import label_path, read_names, read_yolo
 from service.errors import InvalidDataset
 from service.imaging import DecodedImage, to_model_input
 from service.metadata import InputSpec, ModelMetadata, Preprocessing
 from service.tasks import get_task
 from service.tasks.base import EvalDataset
 from tests.detection_support import TINY_SPLITS, write_tiny_shapes
-from training.data.coco import read_coco
 from training.data.demo import list_demos, write_demo
 from training.data.demo_detection import CLASSES, place_objects
-from training.data.detection import DetectionDataset, DetectionTrainPreset, find_detection_splits
-from training.data.yolo import label_path, read_names, read_yolo
+from training.data.detection import DetectionDataset, DetectionTrainPreset
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_crowd_regions_are_ground_truth_but_not_targets(tmp_path: Path) -> None:
 
 
 def test_val_categories_must_be_known(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="train split does not have"):
+    with pytest.raises(ValueError, match="not among the train split's labels: cat"):
         read_coco(_write_coco(tmp_path), labels=["dog"])
 
 
@@ -171,7 +172,7 @@ BAD_YOLO_LINES = {
 
 @pytest.mark.parametrize("line", sorted(BAD_YOLO_LINES))
 def test_bad_yolo_lines_fail_training_and_evaluation_alike(tmp_path: Path, line: str) -> None:
-    """One parser (service.tasks.yolo): training raises ValueError, evaluation a 422 naming file and line."""
+    """One parser (dataformats.yolo): training raises ValueError, evaluation a 422 naming file and line."""
     (tmp_path / "test" / "images").mkdir(parents=True)
     (tmp_path / "test" / "labels").mkdir()
     Image.new("RGB", (20, 10)).save(tmp_path / "test" / "images" / "x.jpg")

@@ -12,11 +12,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from dataformats.detection import find_detection_splits
 from service.metadata import ModelMetadata
 from tests.detection_support import calibrate_batchnorm, write_tiny_shapes
 from tests.helpers import assert_plot
 from training.config import TrainConfig
-from training.data.detection import find_detection_splits, letterbox_sample
+from training.data.detection import letterbox_sample
 from training.engine import fit
 from training.export import export_onnx, measure_parity
 from training.tasks import get_task

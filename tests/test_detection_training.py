@@ -12,11 +12,12 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model_builder
 
+from dataformats.detection import find_detection_splits
 from tests.detection_support import write_tiny_shapes
 from tests.weights_support import hub_file, random_state
 from training import cli
 from training.config import TrainConfig
-from training.data.detection import DetectionDataset, find_detection_splits
+from training.data.detection import DetectionDataset
 from training.detection_eval import coco_detections, score_coco
 from training.detectors import (
     DETECTORS,

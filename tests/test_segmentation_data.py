@@ -13,18 +13,13 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from dataformats.instances import find_instance_splits
+from dataformats.masks import IGNORE_INDEX, MaskSample, coco_samples, decode_segmentation, find_mask_splits
 from tests.segmentation_support import TINY_SPLITS, write_tiny_demo
 from training.config import TrainConfig
 from training.data.demo_segmentation import rasterize
-from training.data.instances import InstanceTrainPreset, find_instance_splits, letterbox_instances
-from training.data.masks import (
-    IGNORE_INDEX,
-    MaskSample,
-    SegmentationDataset,
-    coco_samples,
-    decode_segmentation,
-    find_mask_splits,
-)
+from training.data.instances import InstanceTrainPreset, letterbox_instances
+from training.data.masks import SegmentationDataset
 from training.engine import fit
 from training.tasks import get_task
 

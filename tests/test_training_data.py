@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from dataformats.folders import find_splits, limit_samples
 from training.data.demo import list_demos, stratified_split, write_demo
-from training.data.imagefolder import ImageFolderDataset, find_splits, limit_samples, load_image
+from training.data.imagefolder import ImageFolderDataset, load_image
 from training.data.presets import ClassificationTrainPreset
 
 

@@ -24,7 +24,15 @@ import torchvision
 from torch import nn
 
 from service import __version__ as optic_version
-from service.metadata import InputSpec, ModelMetadata, Preprocessing, Provenance, sha256_file, write_model_version
+from service.metadata import (
+    InputSpec,
+    ModelMetadata,
+    Preprocessing,
+    Provenance,
+    next_version,
+    sha256_file,
+    write_model_version,
+)
 from training.checkpoint import load_checkpoint
 from training.config import RunConfig
 from training.runlog import read_summary
@@ -35,13 +43,6 @@ log = logging.getLogger(__name__)
 
 PARITY_BATCH_SIZES = TrainTask.parity_batch_sizes  # the default; a task may measure at other sizes
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def next_version(repository: Path, name: str) -> str:
-    """One more than the largest numeric version folder of `name` ("1" for a new model)."""
-    folder = repository / name
-    numbers = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
-    return str(max(numbers, default=0) + 1)
 
 
 def load_trained_model(run_dir: Path) -> tuple[TrainTask, RunConfig, nn.Module]:

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel
 
+from dataformats.evaluation import EvalDataset, EvalItem
 from service.imaging import DecodedImage, Geometry, to_model_input
 from service.metadata import ModelMetadata
 
 Outputs = dict[str, np.ndarray]  # one image's outputs, batch dimension removed
-
-
-@dataclass
-class EvalItem:
-    path: Path
-    target: Any  # task-specific ground truth
-
-
-@dataclass
-class EvalDataset:
-    items: list[EvalItem]
-    info: dict[str, Any]
 
 
 class ServeTask(ABC):
@@ -65,9 +53,19 @@ class ServeTask(ABC):
     def eval_params(self, metadata: ModelMetadata) -> Any:
         """Parameters for predictions made for evaluation (e.g. every class, a low score threshold)."""
 
+    def eval_info(self, dataset: EvalDataset) -> dict[str, Any]:
+        """What scoring needs besides the per-image records, JSON-able: shard files carry it to the merge."""
+        return {}
+
     @abstractmethod
-    def compute_metrics(
-        self, dataset: EvalDataset, outputs: list[Outputs], results: list[dict[str, Any]], metadata: ModelMetadata
+    def eval_record(
+        self, item: EvalItem, outputs: Outputs, result: dict[str, Any], dataset: EvalDataset, metadata: ModelMetadata
     ) -> dict[str, Any]:
-        """Metrics from ground truth and each image's raw outputs and result; `summary` holds the
-        headline floats (exported as the last-evaluation-score gauge)."""
+        """One image's compact, JSON-able prediction with its ground truth: all that scoring needs of it."""
+
+    @abstractmethod
+    def score(
+        self, records: list[dict[str, Any]], info: dict[str, Any], metadata: ModelMetadata
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(metrics, per-image results) from every image's record, in data set order. `metrics["summary"]`
+        holds the headline floats (the last-evaluation-score gauge). One run and merged shards call it alike."""

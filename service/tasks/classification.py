@@ -9,31 +9,16 @@ import numpy as np
 from pydantic import BaseModel, Field
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
-from service.errors import InvalidDataset
+from dataformats.folders import load_folder_dataset
 from service.imaging import Geometry
 from service.metadata import ModelMetadata
 from service.tasks import register_task
 from service.tasks.base import EvalDataset, EvalItem, Outputs, ServeTask
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from service.tasks.datasets import read_ground_truth
 
 
 class ClassificationParams(BaseModel):
     top_k: int = Field(5, ge=1, le=1000)
-
-
-def find_split_root(root: Path) -> Path:
-    """An image-folder tree may sit under wrapper folders and hold test/ or val/ splits. A lone folder is a
-    wrapper only when it holds folders alone: a lone class folder holds the images themselves."""
-    while True:
-        for split in ("test", "val"):
-            if (root / split).is_dir():
-                return root / split
-        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if len(entries) == 1 and entries[0].is_dir() and all(p.is_dir() for p in entries[0].iterdir()):
-            root = entries[0]
-            continue
-        return root
 
 
 @register_task
@@ -56,39 +41,34 @@ class ClassificationTask(ServeTask):
         }
 
     def load_eval_dataset(self, root: Path, metadata: ModelMetadata) -> EvalDataset:
-        split = find_split_root(root)
-        class_dirs = sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not class_dirs:
-            raise InvalidDataset(
-                "the archive holds no class folders (expected an image-folder tree: "
-                "CLASS/IMAGE files, optionally under test/ or val/)"
-            )
-        index = {label: i for i, label in enumerate(metadata.labels)}
-        unknown = [d.name for d in class_dirs if d.name not in index]
-        if unknown:
-            raise InvalidDataset(
-                f"class folders not among the model's labels: {', '.join(unknown[:10])}",
-                detail={"model_labels": metadata.labels},
-            )
-        items = [
-            EvalItem(path=f, target=index[d.name])
-            for d in class_dirs
-            for f in sorted(d.rglob("*"))
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not items:
-            raise InvalidDataset("the archive's class folders hold no images")
-        return EvalDataset(items=items, info={"split": split.name})
+        return read_ground_truth(load_folder_dataset, root, metadata)
 
     def eval_params(self, metadata: ModelMetadata) -> ClassificationParams:
         return ClassificationParams(top_k=1)
 
-    def compute_metrics(
-        self, dataset: EvalDataset, outputs: list[Outputs], results: list[dict[str, Any]], metadata: ModelMetadata
+    def eval_record(
+        self, item: EvalItem, outputs: Outputs, result: dict[str, Any], dataset: EvalDataset, metadata: ModelMetadata
     ) -> dict[str, Any]:
-        y_true = np.array([item.target for item in dataset.items])
-        scores = np.stack([o[metadata.outputs[0]] for o in outputs])
-        return classification_metrics(y_true, scores, metadata.labels)
+        return {"target": item.target, "scores": outputs[metadata.outputs[0]].tolist()}
+
+    def score(
+        self, records: list[dict[str, Any]], info: dict[str, Any], metadata: ModelMetadata
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        labels = metadata.labels
+        y_true = np.array([r["target"] for r in records], dtype=np.int64)
+        scores = np.array([r["scores"] for r in records], dtype=np.float64).reshape(len(records), len(labels))
+        predicted = scores.argmax(axis=1)
+        images = [
+            {
+                "file": r["file"],
+                "label": labels[int(t)],
+                "predicted": labels[int(p)],
+                "score": float(scores[i, p]),
+                "correct": bool(t == p),
+            }
+            for i, (r, t, p) in enumerate(zip(records, y_true, predicted, strict=True))
+        ]
+        return classification_metrics(y_true, scores, labels), images
 
 
 def classification_metrics(y_true: np.ndarray, scores: np.ndarray, labels: list[str]) -> dict[str, Any]:

@@ -1,126 +1,19 @@
-"""COCO ground truth and pycocotools' COCOeval, shared by detection and instance segmentation."""
+"""pycocotools' COCOeval, shared by detection and instance segmentation (the ground truth: dataformats.coco)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidDataset
-from service.metadata import ModelMetadata
-from service.tasks.base import EvalDataset, EvalItem
+from service.tasks.base import EvalDataset
 
 SUMMARY_NAMES = (
     "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
     "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
 )  # fmt: skip
-
-
-def _fail(path: Path, problem: str) -> InvalidDataset:
-    return InvalidDataset(f"malformed COCO file {path.name}: {problem}")
-
-
-def _coco_candidates(root: Path) -> list[Path]:
-    return sorted(
-        p for p in root.rglob("*.json") if not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-
-
-def has_coco_json(root: Path) -> bool:
-    return bool(_coco_candidates(root))
-
-
-def find_coco_json(root: Path) -> Path:
-    candidates = _coco_candidates(root)
-    for preferred in ("test", "val"):
-        for path in candidates:
-            if preferred in path.stem or preferred in path.parent.name:
-                return path
-    if not candidates:
-        raise InvalidDataset("the archive holds no COCO annotation file (*.json)")
-    return candidates[0]
-
-
-def validate_coco(data: Any, path: Path, *, need_segmentation: bool = False) -> None:
-    """Refuse files pycocotools would crash on or silently misread, naming the first problem."""
-    if not isinstance(data, dict):
-        raise _fail(path, "the top level must be an object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise _fail(path, f"'{key}' must be a list")
-    image_ids = set()
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not {"id", "file_name", "width", "height"} <= image.keys():
-            raise _fail(path, f"images[{i}] needs id, file_name, width and height")
-        image_ids.add(image["id"])
-    category_ids = set()
-    for i, category in enumerate(data["categories"]):
-        if not isinstance(category, dict) or not {"id", "name"} <= category.keys():
-            raise _fail(path, f"categories[{i}] needs id and name")
-        category_ids.add(category["id"])
-    for i, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict):
-            raise _fail(path, f"annotations[{i}] is not an object")
-        for key in ("id", "image_id", "category_id", "bbox"):
-            if key not in ann:
-                raise _fail(path, f"annotations[{i}] has no '{key}'")
-        if ann["image_id"] not in image_ids:
-            raise _fail(path, f"annotations[{i}] refers to unknown image_id {ann['image_id']}")
-        if ann["category_id"] not in category_ids:
-            raise _fail(path, f"annotations[{i}] refers to unknown category_id {ann['category_id']}")
-        bbox = ann["bbox"]
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) for v in bbox)
-            or bbox[2] < 0
-            or bbox[3] < 0
-        ):
-            raise _fail(path, f"annotations[{i}].bbox must be [x, y, width, height] with width, height >= 0")
-        if need_segmentation and "segmentation" not in ann:
-            raise _fail(path, f"annotations[{i}] has no 'segmentation'")
-
-
-def load_coco_dataset(root: Path, metadata: ModelMetadata, *, need_segmentation: bool = False) -> EvalDataset:
-    path = find_coco_json(root)
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"not valid JSON ({exc})") from None
-    validate_coco(data, path, need_segmentation=need_segmentation)
-    for ann in data["annotations"]:
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-    label_to_category = category_mapping(data["categories"], metadata)
-    items = []
-    for image in data["images"]:
-        file_path = _resolve_image(path.parent, root, image["file_name"])
-        items.append(EvalItem(path=file_path, target=image["id"]))
-    info = {"format": "coco", "annotations": path.name, "coco": data, "label_to_category": label_to_category}
-    return EvalDataset(items=items, info=info)
-
-
-def category_mapping(categories: list[dict[str, Any]], metadata: ModelMetadata) -> dict[int, int]:
-    """Model label index -> category id, matched by name (COCO JSON and YOLO alike); unknown names refused."""
-    names = {c["name"]: c["id"] for c in categories}
-    unknown = sorted(set(names) - set(metadata.labels))
-    if unknown:
-        raise InvalidDataset(
-            f"categories not among the model's labels: {', '.join(unknown[:10])}", detail={"labels": metadata.labels}
-        )
-    return {i: names[label] for i, label in enumerate(metadata.labels) if label in names}
-
-
-def _resolve_image(json_dir: Path, root: Path, file_name: str) -> Path:
-    for base in (json_dir, json_dir / "images", root, root / "images"):
-        candidate = (base / file_name).resolve()
-        if candidate.is_relative_to(root.resolve()) and candidate.is_file():
-            return candidate
-    raise InvalidDataset(f"image {file_name!r} listed in the COCO file is not in the archive")
 
 
 def public_info(dataset: EvalDataset) -> None:
@@ -137,10 +30,15 @@ def run_cocoeval(
     label_to_category: dict[int, int],
     *,
     curves: bool = False,
+    matching: bool = False,
 ) -> dict[str, Any]:
     """COCOeval's twelve summary numbers, plus per-class AP and AP50 read from its precision array.
 
-    `curves`: also each class's precision at COCO's 101 recall points, IoU 0.5 (training's PR-curve plots).
+    `curves`: also each class's precision at COCO's 101 recall points, IoU 0.5 (PR-curve plots).
+    `matching`: also, per class, the score threshold that maximizes F1 at IoU 0.5 (`thresholds`, and
+    `f1_threshold` in per_class), and under `matches` COCOeval's own matching of every detection (by its
+    index in `detections`: the ground-truth id it matched at IoU 0.5, that IoU, whether it is ignored) and
+    each image's countable ground truth by category.
     The caller's ground truth is left as it was (COCOeval writes flags into annotation dicts).
     """
     from pycocotools.coco import COCO
@@ -151,7 +49,11 @@ def run_cocoeval(
         ground_truth.dataset = {**coco_data, "annotations": [dict(a) for a in coco_data["annotations"]]}
         ground_truth.createIndex()
         if not detections:
-            return {"summary": dict.fromkeys(SUMMARY_NAMES, 0.0), "per_class": [], "num_detections": 0}
+            empty: dict[str, Any] = {"summary": dict.fromkeys(SUMMARY_NAMES, 0.0), "per_class": [], "num_detections": 0}
+            if matching:
+                empty["thresholds"] = {}
+                empty["matches"] = _no_matches(coco_data)
+            return empty
         results = ground_truth.loadRes(detections)
         evaluator = COCOeval(ground_truth, results, iou_type)
         evaluator.evaluate()
@@ -160,7 +62,9 @@ def run_cocoeval(
     summary = {name: float(value) for name, value in zip(SUMMARY_NAMES, evaluator.stats, strict=True)}
     precision = evaluator.eval["precision"]  # [IoU thresholds, recall points, classes, areas, max dets]
     category_index = {cat_id: k for k, cat_id in enumerate(evaluator.params.catIds)}
+    matches = _matches(evaluator) if matching else None
     per_class = []
+    thresholds: dict[str, float] = {}
     for label_id, category_id in sorted(label_to_category.items()):
         k = category_index.get(category_id)
         if k is None:
@@ -178,4 +82,79 @@ def run_cocoeval(
                 "recall": [float(r) for r in evaluator.params.recThrs],
                 "precision": [float(p) for p in np.clip(at_50, 0, 1)],
             }
-    return {"summary": summary, "per_class": per_class, "num_detections": len(detections)}
+        if matches is not None:
+            best = best_f1(matches["by_category"].get(category_id, ([], [])), matches["positives"].get(category_id, 0))
+            per_class[-1]["f1_threshold"] = best
+            if best is not None:
+                thresholds[labels[label_id]] = best["score"]
+    report: dict[str, Any] = {"summary": summary, "per_class": per_class, "num_detections": len(detections)}
+    if matches is not None:
+        report["thresholds"] = thresholds
+        report["matches"] = {"detections": matches["detections"], "ground_truth": matches["ground_truth"]}
+    return report
+
+
+def _no_matches(coco_data: dict[str, Any]) -> dict[str, Any]:
+    ground_truth: dict[Any, dict[int, list[int]]] = {}
+    for ann in coco_data["annotations"]:
+        if not ann.get("iscrowd", 0):
+            ground_truth.setdefault(ann["image_id"], {}).setdefault(ann["category_id"], []).append(ann["id"])
+    return {"detections": {}, "ground_truth": ground_truth}
+
+
+def _matches(evaluator: Any) -> dict[str, Any]:
+    """COCOeval's matching at IoU 0.5, area "all", its largest max-detections: per detection (index in the
+    list given to loadRes, whose ids are index + 1) its ground-truth id or None, IoU and ignore flag; per
+    category the (scores, true-positive flags) of the detections that count; per image and category the ids
+    of the ground truth that counts (not crowd, in the area range)."""
+    params = evaluator.params
+    detections: dict[int, tuple[int | None, float | None, bool]] = {}
+    by_category: dict[int, tuple[list[float], list[bool]]] = {}
+    positives: dict[int, int] = {}
+    ground_truth: dict[Any, dict[int, list[int]]] = {}
+    images, areas = len(params.imgIds), len(params.areaRng)
+    for k, category_id in enumerate(params.catIds):
+        scores, hits = by_category.setdefault(category_id, ([], []))
+        for i, image_id in enumerate(params.imgIds):
+            e = evaluator.evalImgs[k * areas * images + i]  # area index 0: "all"
+            if e is None:
+                continue
+            counted = [g for g, ignore in zip(e["gtIds"], e["gtIgnore"], strict=True) if not ignore]
+            positives[category_id] = positives.get(category_id, 0) + len(counted)
+            if counted:
+                ground_truth.setdefault(image_id, {})[category_id] = [int(g) for g in counted]
+            gts = evaluator._gts[image_id, category_id]
+            column = {g["id"]: c for c, g in enumerate(gts)}
+            ious = evaluator.ious.get((image_id, category_id))
+            for row, dt_id in enumerate(e["dtIds"]):
+                matched = int(e["dtMatches"][0, row])
+                ignored = bool(e["dtIgnore"][0, row])
+                iou = None
+                if matched and ious is not None and len(ious):
+                    iou = float(ious[row, column[matched]])
+                detections[int(dt_id) - 1] = (matched or None, iou, ignored)
+                if not ignored:
+                    scores.append(float(e["dtScores"][row]))
+                    hits.append(bool(matched))
+    return {"detections": detections, "by_category": by_category, "positives": positives,
+            "ground_truth": ground_truth}  # fmt: skip
+
+
+def best_f1(scored: tuple[list[float], list[bool]], positives: int) -> dict[str, float] | None:
+    """The score threshold (keep detections scoring at least it) with the highest F1, and its precision and
+    recall; None without detections or ground truth. Ties in F1 go to the higher threshold."""
+    scores, hits = np.asarray(scored[0], dtype=np.float64), np.asarray(scored[1], dtype=bool)
+    if not len(scores) or not positives:
+        return None
+    order = np.argsort(-scores, kind="mergesort")
+    scores, hits = scores[order], hits[order]
+    tp = np.cumsum(hits)
+    fp = np.cumsum(~hits)
+    last = np.r_[scores[1:] != scores[:-1], True]  # a threshold keeps every detection of an equal score
+    precision = tp / (tp + fp)
+    recall = tp / positives
+    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    f1 = np.where(last, f1, -1.0)
+    best = int(np.argmax(f1))
+    return {"score": float(scores[best]), "precision": float(precision[best]), "recall": float(recall[best]),
+            "f1": float(f1[best])}  # fmt: skip

@@ -15,15 +15,22 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from dataformats.instances import load_instance_dataset
 from service.imaging import Geometry
 from service.metadata import ModelMetadata
 from service.tasks import register_task
-from service.tasks.base import EvalDataset, Outputs
-from service.tasks.coco import load_coco_dataset, public_info, run_cocoeval
-from service.tasks.coco_masks import load_checked_coco
+from service.tasks.base import EvalDataset, EvalItem, Outputs
+from service.tasks.coco import run_cocoeval
+from service.tasks.datasets import read_ground_truth
 from service.tasks.detection import (
     BoxTask,
     DetectionParams,
+    box_eval_info,
+    box_images,
+    box_record,
+    class_thresholds,
+    coco_from_records,
+    coco_results,
     select_detections,
     to_image_boxes,
 )
@@ -66,6 +73,7 @@ class InstanceSegmentationTask(BoxTask):
         return InstanceParams(
             score_threshold=max(0.5, float(metadata.params.get("score_threshold", 0.0))),
             max_detections=int(metadata.params.get("max_detections", 100)),
+            class_thresholds=class_thresholds(metadata),
         )
 
     def postprocess(self, outputs: Outputs, geometry: Geometry, metadata: ModelMetadata, params: Any) -> dict[str, Any]:
@@ -86,39 +94,44 @@ class InstanceSegmentationTask(BoxTask):
         return {"width": geometry.width, "height": geometry.height, "instances": instances}
 
     def load_eval_dataset(self, root: Path, metadata: ModelMetadata) -> EvalDataset:
-        load_checked_coco(root, metadata)  # polygons in bounds, RLE sizes right
-        return load_coco_dataset(root, metadata, need_segmentation=True)
+        """COCO polygons/RLE (in bounds, RLE sizes right), else YOLO-seg polygons."""
+        return read_ground_truth(load_instance_dataset, root, metadata)
 
     def eval_params(self, metadata: ModelMetadata) -> InstanceParams:
         return InstanceParams(
             score_threshold=0.0, max_detections=int(metadata.params.get("max_detections", 100)), mask_format="rle"
         )
 
-    def compute_metrics(
-        self, dataset: EvalDataset, outputs: list[Outputs], results: list[dict[str, Any]], metadata: ModelMetadata
+    def eval_info(self, dataset: EvalDataset) -> dict[str, Any]:
+        return box_eval_info(dataset)
+
+    def eval_record(
+        self, item: EvalItem, outputs: Outputs, result: dict[str, Any], dataset: EvalDataset, metadata: ModelMetadata
     ) -> dict[str, Any]:
-        label_to_category = dataset.info["label_to_category"]
-        segm, bbox = [], []
-        for item, result in zip(dataset.items, results, strict=True):
-            for inst in result["instances"]:
-                if inst["class_id"] not in label_to_category:
-                    continue
-                x1, y1, x2, y2 = inst["box"]
-                common = {"image_id": item.target, "category_id": label_to_category[inst["class_id"]],
-                          "score": inst["score"]}  # fmt: skip
-                segm.append({**common, "segmentation": inst["mask"]})
-                bbox.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
-        coco = dataset.info["coco"]
+        return box_record(item, dataset, result["instances"])
+
+    def score(
+        self, records: list[dict[str, Any]], info: dict[str, Any], metadata: ModelMetadata
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        coco = coco_from_records(records, info)
+        label_to_category = dict(info["label_to_category"])
         report = {
-            "segm": run_cocoeval(coco, segm, "segm", metadata.labels, label_to_category),
-            "bbox": run_cocoeval(coco, bbox, "bbox", metadata.labels, label_to_category),
-        }
-        public_info(dataset)
+            kind: run_cocoeval(
+                coco, coco_results(records, label_to_category, kind), kind, metadata.labels, label_to_category,
+                curves=True, matching=True,
+            )
+            for kind in ("segm", "bbox")
+        }  # fmt: skip
+        matches = report["segm"].pop("matches")
+        report["bbox"].pop("matches")
+        fallback = self.default_params(metadata).score_threshold
+        images = box_images(records, matches, report["segm"]["thresholds"], fallback, label_to_category)
         return {
             "summary": {
                 "mask_AP": report["segm"]["summary"]["AP"],
                 "mask_AP50": report["segm"]["summary"]["AP50"],
                 "box_AP": report["bbox"]["summary"]["AP"],
             },
+            "thresholds": report["segm"]["thresholds"],
             **report,
-        }
+        }, images

@@ -13,15 +13,13 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from service.errors import InvalidDataset
+from dataformats.masks import IGNORE_INDEX, load_mask_dataset
 from service.imaging import Geometry
 from service.metadata import ModelMetadata
 from service.tasks import register_task
 from service.tasks.base import EvalDataset, EvalItem, Outputs, ServeTask
+from service.tasks.datasets import read_ground_truth, read_mask
 from service.tasks.masks import MaskFormat, encode_mask, input_to_image
-
-IGNORE_INDEX = 255
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class SegmentationParams(BaseModel):
@@ -58,21 +56,40 @@ class SegmentationTask(ServeTask):
         return {"width": geometry.width, "height": geometry.height, "classes": classes}
 
     def load_eval_dataset(self, root: Path, metadata: ModelMetadata) -> EvalDataset:
-        return load_mask_dataset(root, metadata)
+        return read_ground_truth(load_mask_dataset, root, metadata)
 
     def eval_params(self, metadata: ModelMetadata) -> SegmentationParams:
         return SegmentationParams(mask_format="rle", include_background=True)
 
-    def compute_metrics(
-        self, dataset: EvalDataset, outputs: list[Outputs], results: list[dict[str, Any]], metadata: ModelMetadata
+    def eval_record(
+        self, item: EvalItem, outputs: Outputs, result: dict[str, Any], dataset: EvalDataset, metadata: ModelMetadata
     ) -> dict[str, Any]:
+        """The image's confusion matrix in pixels (non-zero cells): sums of them are the data set's."""
         num_classes = len(metadata.labels)
-        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        for item, _out, result in zip(dataset.items, outputs, results, strict=True):
-            truth = read_mask(item.target, item.path, num_classes)
-            predicted = _prediction_map(result, truth.shape)
-            confusion += confusion_matrix(truth, predicted, num_classes)
-        return segmentation_metrics(confusion, metadata.labels)
+        truth = read_mask(item.target, item.path, num_classes)
+        confusion = confusion_matrix(truth, _prediction_map(result, truth.shape), num_classes)
+        rows, cols = np.nonzero(confusion)
+        return {"confusion": [[int(r), int(c), int(confusion[r, c])] for r, c in zip(rows, cols, strict=True)]}
+
+    def score(
+        self, records: list[dict[str, Any]], info: dict[str, Any], metadata: ModelMetadata
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        labels = metadata.labels
+        total = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        images = []
+        for record in records:
+            confusion = np.zeros_like(total)
+            for r, c, count in record["confusion"]:
+                confusion[r, c] = count
+            total += confusion
+            own = segmentation_metrics(confusion, labels)
+            images.append({
+                "file": record["file"],
+                "pixel_accuracy": own["pixel_accuracy"],
+                "mIoU": own["mIoU"] if any(c["IoU"] is not None for c in own["per_class"]) else None,
+                "IoU": {c["label"]: c["IoU"] for c in own["per_class"]},
+            })  # fmt: skip
+        return segmentation_metrics(total, labels), images
 
 
 def _prediction_map(result: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -84,50 +101,6 @@ def _prediction_map(result: dict[str, Any], shape: tuple[int, ...]) -> np.ndarra
         decoded = mask_utils.decode({"size": entry["mask"]["size"], "counts": entry["mask"]["counts"].encode()})
         predicted[decoded.astype(bool)] = entry["class_id"]
     return predicted
-
-
-def read_mask(path: Path, image_path: Path, num_classes: int) -> np.ndarray:
-    try:
-        with Image.open(path) as mask_image, Image.open(image_path) as image:
-            if mask_image.size != image.size:
-                raise InvalidDataset(
-                    f"mask {path.name} is {mask_image.size[0]}x{mask_image.size[1]} but its image "
-                    f"{image_path.name} is {image.size[0]}x{image.size[1]}"
-                )
-            if mask_image.mode not in ("L", "P", "I", "I;16", "1"):
-                raise InvalidDataset(f"mask {path.name} must be single-channel class indices, not {mask_image.mode}")
-            mask = np.asarray(mask_image).astype(np.int64)
-    except OSError as exc:
-        raise InvalidDataset(f"mask {path.name} cannot be read: {exc}") from None
-    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
-    if bad.any():
-        raise InvalidDataset(f"mask {path.name} holds class ids >= {num_classes} (255 = ignore)")
-    return mask
-
-
-def load_mask_dataset(root: Path, metadata: ModelMetadata) -> EvalDataset:
-    """`images/` + `masks/` (same stems), optionally under test/ or val/, or a COCO file to rasterize."""
-    from service.tasks.classification import find_split_root
-
-    split = find_split_root(root)
-    images_dir, masks_dir = split / "images", split / "masks"
-    if not images_dir.is_dir() or not masks_dir.is_dir():
-        if any(split.rglob("*.json")):
-            from service.tasks.coco_masks import rasterize_coco
-
-            return rasterize_coco(root, metadata)
-        raise InvalidDataset("a segmentation data set needs images/ and masks/ folders, or a COCO file")
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() == ".png"}
-    items = []
-    for image in sorted(images_dir.iterdir()):
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if image.stem not in masks:
-            raise InvalidDataset(f"image {image.name} has no mask masks/{image.stem}.png")
-        items.append(EvalItem(path=image, target=masks[image.stem]))
-    if not items:
-        raise InvalidDataset("the images/ folder holds no images")
-    return EvalDataset(items=items, info={"split": split.name})
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:

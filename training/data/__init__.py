@@ -1,1 +1,2 @@
-"""Data readers and demo-data writers for the training tasks."""
+"""The training side of data: torch Datasets, augmentation presets and the demo-data writers; the readers are
+dataformats' (shared with evaluation)."""

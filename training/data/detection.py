@@ -1,4 +1,4 @@
-"""Detection data: find the splits of a COCO or YOLO data set, and serve letterboxed images with targets.
+"""Detection data: letterboxed images with their targets, from the splits dataformats.detection reads.
 
 Images are decoded and letterboxed by the service's own functions (`service.imaging.decode_image` with the
 same JPEG draft size, then `to_model_input`), and boxes are mapped with the `Geometry` that call returns,
@@ -8,109 +8,20 @@ so the pixels and coordinates trained on are exactly the ones served.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dataformats.annotations import DetectionSample, DetectionSplit
 from service.imaging import Geometry, decode_image, to_model_input
 from service.metadata import InputSpec, Preprocessing
-from training.data.annotations import DetectionSample, DetectionSplit, DetectionSplits
-from training.data.coco import find_split_json, read_coco
 from training.data.presets import AugmentPreset
-from training.data.yolo import YAML_FILES, names_from_yaml, read_names, read_yaml, read_yolo
 
-SPLITS = ("train", "val", "test")
 LETTERBOX = Preprocessing(resize="letterbox", interpolation="bilinear")
 MIN_BOX_PIXELS = 1.0  # targets thinner than this after letterboxing carry no signal; torchvision needs > 0
 _MAX_PIXELS = 1 << 31  # data sets are trusted input; the service's request limit does not apply
-
-
-def _finish(
-    labels: list[str],
-    train: DetectionSplit,
-    val: DetectionSplit | None,
-    test: DetectionSplit | None,
-    layout: str,
-    val_fraction: float,
-    seed: int,
-) -> DetectionSplits:
-    if val is None:
-        train, val = train.split(val_fraction, seed)
-    return DetectionSplits(labels, train, val, test, layout)
-
-
-def _coco_splits(root: Path, val_fraction: float, seed: int) -> DetectionSplits:
-    train_json = find_split_json(root / "train")
-    assert train_json is not None
-    labels, train = read_coco(train_json)
-    found: dict[str, DetectionSplit | None] = {"val": None, "test": None}
-    for split in found:
-        path = find_split_json(root / split) if (root / split).is_dir() else None
-        if path is not None:
-            found[split] = read_coco(path, labels)[1]
-    return _finish(labels, train, found["val"], found["test"], "coco", val_fraction, seed)
-
-
-def _yolo_yaml_splits(path: Path, val_fraction: float, seed: int) -> DetectionSplits:
-    data = read_yaml(path)
-    labels = names_from_yaml(data, path)
-    base = Path(data.get("path") or ".")
-    base = base if base.is_absolute() else path.parent / base
-    found: dict[str, DetectionSplit | None] = {}
-    for split in SPLITS:
-        entry = data.get(split)
-        if not entry:
-            found[split] = None
-            continue
-        if not isinstance(entry, str) or entry.endswith(".txt"):
-            raise ValueError(f"{path}: `{split}:` must be one image folder (lists and .txt files are not supported)")
-        found[split] = read_yolo(base / entry, labels)
-    if found["train"] is None:
-        raise ValueError(f"{path} has no `train:` folder")
-    return _finish(labels, found["train"], found["val"], found["test"], "yolo", val_fraction, seed)
-
-
-def _yolo_folder_splits(root: Path, val_fraction: float, seed: int) -> DetectionSplits:
-    labels = read_names(root)
-    found: dict[str, DetectionSplit | None] = {}
-    for split in SPLITS:
-        folder = next((f for f in (root / split / "images", root / "images" / split) if f.is_dir()), None)
-        found[split] = None if folder is None else read_yolo(folder, labels)
-    if found["train"] is None:
-        raise ValueError(f"{root} has neither train/images/ nor images/train/")
-    return _finish(labels, found["train"], found["val"], found["test"], "yolo", val_fraction, seed)
-
-
-def find_detection_splits(data: Path, val_fraction: float = 0.15, seed: int = 0) -> DetectionSplits:
-    """Read a detection data set; without a val split, a seeded `val_fraction` of train becomes val.
-
-    `data` is one of: a folder with `{train,val,test}/annotations.json` (COCO; images next to the JSON or in
-    `images/`); an Ultralytics `data.yaml` (or a folder holding one); a folder with `{train,val,test}/images`
-    or `images/{train,val,test}` plus `classes.txt` (YOLO); or a single COCO JSON file. When a folder has both
-    COCO and YOLO annotations, COCO wins (it can say `iscrowd`).
-    """
-    data = Path(data)
-    if data.is_file() and data.suffix.lower() in (".yaml", ".yml"):
-        return _yolo_yaml_splits(data, val_fraction, seed)
-    if data.is_file() and data.suffix.lower() == ".json":
-        labels, split = read_coco(data)
-        return _finish(labels, split, None, None, "coco", val_fraction, seed)
-    if not data.is_dir():
-        raise FileNotFoundError(f"detection data {data} does not exist")
-    if (data / "train").is_dir() and find_split_json(data / "train") is not None:
-        return _coco_splits(data, val_fraction, seed)
-    for name in YAML_FILES:
-        if (data / name).is_file():
-            return _yolo_yaml_splits(data / name, val_fraction, seed)
-    if any((data / a / b).is_dir() for a, b in (("train", "images"), ("images", "train"))):
-        return _yolo_folder_splits(data, val_fraction, seed)
-    raise ValueError(
-        f"{data} is not a detection data set: expected train/annotations.json (COCO), a data.yaml, or "
-        f"train/images + train/labels + classes.txt (YOLO)"
-    )
 
 
 def letterbox_boxes(

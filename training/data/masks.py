@@ -1,12 +1,5 @@
-"""Semantic segmentation data: PNG class-index masks or COCO polygons/RLE, resized exactly as the service does.
-
-Layouts (per split folder `train/`, `val/`, `test/`; without `val/` a seeded share of train is held out):
-  images + PNG masks   `SPLIT/images/NAME.{jpg,png,...}` and `SPLIT/masks/NAME.png` (same stem), pixel values
-                       class indices, 255 = ignore; class names in `classes.txt` (or `labels.txt`) at the
-                       root, one per line, index 0 first (normally "background");
-  COCO                 `SPLIT/annotations.json` with polygon or RLE segmentations, rasterized on the fly:
-                       labels are "background" then the category names in id order; crowd regions are 255.
-A split with both uses the PNG masks.
+"""Semantic segmentation data: the splits dataformats.masks reads (PNG masks or COCO), resized exactly as the
+service does.
 
 Images go through the service's `decode_image` and `to_model_input`; masks go through the same
 `to_model_input` with nearest interpolation and 255 as padding, so pixels and labels line up exactly with
@@ -15,11 +8,7 @@ what the exported graph is served.
 
 from __future__ import annotations
 
-import json
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,156 +18,14 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from dataformats.masks import IGNORE_INDEX, MaskSample
 from service.imaging import DecodedImage, Geometry, decode_image, to_model_input
 from service.metadata import InputSpec, Preprocessing
-from service.tasks.coco import validate_coco
-from training.data.coco import coco_labels, find_image, find_split_json
 from training.data.presets import AugmentPreset
 
-IGNORE_INDEX = 255
-BACKGROUND = "background"
-SPLITS = ("train", "val", "test")
-LABEL_FILES = ("classes.txt", "labels.txt")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # The service's default for segmentation: the whole image, stretched to the graph's input size.
 STRETCH = Preprocessing(resize="stretch", interpolation="bilinear")
 _MAX_PIXELS = 1 << 31  # data sets are trusted input; the service's request limit does not apply
-
-
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """bool [H, W] from a COCO segmentation: polygons, uncompressed RLE (counts a list) or compressed RLE."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(segmentation, list):
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    elif isinstance(segmentation, dict):
-        counts = segmentation["counts"]
-        rle = {"size": segmentation["size"], "counts": counts.encode() if isinstance(counts, str) else counts}
-        if list(rle["size"]) != [height, width]:
-            raise ValueError(f"an RLE of size {rle['size']} on a {height}x{width} image")
-    else:
-        raise ValueError(f"not a COCO segmentation: {type(segmentation).__name__}")
-    mask: np.ndarray = mask_utils.decode(rle).astype(bool)
-    return mask
-
-
-@dataclass(frozen=True)
-class MaskSample:
-    image: Path
-    mask: Path | None = None  # a PNG of class indices; else `annotations` are rasterized
-    annotations: tuple[dict[str, Any], ...] = field(default=(), repr=False)  # COCO, category ids -> `classes`
-    classes: dict[int, int] = field(default_factory=dict, repr=False)  # COCO category id -> class index
-    size: tuple[int, int] | None = None  # (width, height) the COCO file states
-
-    def load_mask(self) -> np.ndarray:
-        """uint8 [H, W] class indices at the image's size (255 = ignore)."""
-        if self.mask is not None:
-            with Image.open(self.mask) as image:
-                if image.mode not in ("L", "P", "I", "I;16", "1"):
-                    raise ValueError(f"mask {self.mask} must be single-channel class indices, not {image.mode}")
-                values = np.asarray(image).astype(np.int64)
-            if values.max(initial=0) > IGNORE_INDEX:
-                raise ValueError(f"mask {self.mask} holds values above {IGNORE_INDEX}")
-            return values.astype(np.uint8)
-        assert self.size is not None
-        width, height = self.size
-        canvas = np.zeros((height, width), dtype=np.uint8)
-        for ann in self.annotations:
-            region = decode_segmentation(ann["segmentation"], height, width)
-            canvas[region] = IGNORE_INDEX if ann.get("iscrowd") else self.classes[ann["category_id"]]
-        return canvas
-
-
-@dataclass
-class MaskSplits:
-    labels: list[str]
-    train: list[MaskSample]
-    val: list[MaskSample]
-    test: list[MaskSample] | None
-    layout: str  # "png" or "coco", for the log
-
-
-def read_label_file(root: Path) -> list[str] | None:
-    for name in LABEL_FILES:
-        if (root / name).is_file():
-            labels = [line.strip() for line in (root / name).read_text().splitlines() if line.strip()]
-            if len(set(labels)) != len(labels) or len(labels) < 2:
-                raise ValueError(f"{root / name} must list at least 2 distinct class names, one per line")
-            return labels
-    return None
-
-
-def png_samples(split: Path) -> list[MaskSample]:
-    masks = {p.stem: p for p in (split / "masks").iterdir() if p.suffix.lower() == ".png"}
-    samples = []
-    for image in sorted((split / "images").iterdir()):
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if image.stem not in masks:
-            raise ValueError(f"image {image} has no mask {split / 'masks' / (image.stem + '.png')}")
-        samples.append(MaskSample(image=image, mask=masks[image.stem]))
-    if not samples:
-        raise ValueError(f"{split / 'images'} holds no images")
-    return samples
-
-
-def coco_samples(json_path: Path, labels: list[str] | None) -> tuple[list[str], list[MaskSample]]:
-    """(labels, samples): "background" plus the category names; `labels` from train fixes the order."""
-    data = json.loads(json_path.read_text())
-    validate_coco(data, json_path, need_segmentation=True)
-    own = [BACKGROUND, *coco_labels(data)]
-    labels = labels or own
-    unknown = sorted(set(own) - set(labels))
-    if unknown:
-        raise ValueError(f"{json_path} has categories {unknown} that the train split does not have")
-    classes = {c["id"]: labels.index(c["name"]) for c in data["categories"]}
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    samples = [
-        MaskSample(
-            image=find_image(json_path, image["file_name"], None),
-            annotations=tuple(by_image.get(image["id"], [])),
-            classes=classes,
-            size=(int(image["width"]), int(image["height"])),
-        )
-        for image in data["images"]
-    ]
-    if not samples:
-        raise ValueError(f"{json_path} lists no images")
-    return labels, samples
-
-
-def find_mask_splits(root: Path, val_fraction: float = 0.15, seed: int = 0) -> MaskSplits:
-    """Read a semantic segmentation data set (see the module docstring for the layouts)."""
-    root = Path(root)
-    if not (root / "train").is_dir():
-        raise FileNotFoundError(f"segmentation data {root} has no train/ folder")
-    labels = read_label_file(root)
-    layout = "png" if (root / "train" / "masks").is_dir() else "coco"
-    if layout == "png" and labels is None:
-        raise ValueError(f"{root} has PNG masks but no classes.txt naming the class indices (background first)")
-    found: dict[str, list[MaskSample] | None] = {}
-    for split in SPLITS:
-        folder = root / split
-        if (folder / "images").is_dir() and (folder / "masks").is_dir():
-            found[split] = png_samples(folder)
-        elif folder.is_dir() and (path := find_split_json(folder)) is not None:
-            labels, found[split] = coco_samples(path, labels)
-        elif split == "train":
-            raise ValueError(f"{folder} has neither images/ + masks/ nor a COCO annotations.json")
-        else:
-            found[split] = None
-    assert labels is not None and found["train"] is not None
-    train, val = found["train"], found["val"]
-    if val is None:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        held = max(1, min(len(order) - 1, round(len(order) * val_fraction)))
-        train, val = [train[i] for i in sorted(order[held:])], [train[i] for i in sorted(order[:held])]
-    return MaskSplits(labels, train, val, found["test"], layout)
 
 
 def resize_mask(mask: np.ndarray, spec: InputSpec, prep: Preprocessing, pad_value: int = IGNORE_INDEX) -> np.ndarray:

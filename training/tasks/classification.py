@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dataformats.folders import ImageFolderSplits, find_splits, limit_samples
 from training import plots
 from training.config import RunConfig, TrainConfig
-from training.data.imagefolder import ImageFolderDataset, ImageFolderSplits, find_splits, limit_samples
+from training.data.imagefolder import ImageFolderDataset
 from training.data.presets import ClassificationTrainPreset
 from training.models import build_classifier
 from training.tasks import register_task

@@ -21,17 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.ssd import SSD
 
+from dataformats.annotations import DetectionSplits
+from dataformats.detection import find_detection_splits
 from service.metadata import Preprocessing
 from training import plots
 from training.config import RunConfig, TrainConfig
-from training.data.detection import (
-    DetectionDataset,
-    DetectionSplits,
-    DetectionTrainPreset,
-    collate_detection,
-    find_detection_splits,
-    letterbox_sample,
-)
+from training.data.detection import DetectionDataset, DetectionTrainPreset, collate_detection, letterbox_sample
 from training.detection_eval import coco_detections, plot_class_ap, score_coco
 from training.detectors import build_detector, postprocess_settings
 from training.onnx_loop import batch_loop, set_output_shapes

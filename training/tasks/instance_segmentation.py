@@ -25,12 +25,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.models.detection import MaskRCNN
 
+from dataformats.instances import find_instance_splits
 from service.tasks.detection import to_image_boxes
 from service.tasks.instance_segmentation import MASK_THRESHOLD, paste_mask
 from service.tasks.masks import encode_rle
 from training import plots
 from training.config import RunConfig, TrainConfig
-from training.data.instances import InstanceDataset, InstanceTrainPreset, find_instance_splits
+from training.data.instances import InstanceDataset, InstanceTrainPreset
 from training.detection_eval import plot_class_ap, score_coco
 from training.mask_rcnn import build_instance_model
 from training.tasks import register_task

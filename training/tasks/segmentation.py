@@ -20,17 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dataformats.masks import IGNORE_INDEX, MaskSplits, find_mask_splits
 from service.tasks.segmentation import class_map_at_image_size, confusion_matrix, segmentation_metrics
 from training import plots
 from training.config import RunConfig, TrainConfig
 from training.data.masks import (
-    IGNORE_INDEX,
     STRETCH,
-    MaskSplits,
     SegmentationDataset,
     SegmentationTrainPreset,
     collate_segmentation,
-    find_mask_splits,
     load_pair,
 )
 from training.segmenters import build_segmenter

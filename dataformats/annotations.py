@@ -1,4 +1,5 @@
-"""Detection ground truth in one shape, whatever the layout on disk (COCO JSON or YOLO txt).
+"""Detection ground truth in one shape, whatever the layout on disk (COCO JSON or YOLO txt), for training and
+evaluation alike.
 
 A split carries two views of the same images: `samples`, the training targets (crowd regions dropped:
 torchvision's detectors have no notion of them), and `coco`, the full COCO ground truth that pycocotools
@@ -70,30 +71,6 @@ class DetectionSplits:
 def xywh_to_xyxy(bbox: list[float]) -> list[float]:
     x, y, w, h = (float(v) for v in bbox)
     return [x, y, x + w, y + h]
-
-
-def coco_from_samples(samples: list[DetectionSample], labels: list[str]) -> dict[str, Any]:
-    """COCO ground truth for samples that have no JSON of their own (YOLO): category id = label index + 1."""
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for sample in samples:
-        images.append(
-            {"id": sample.image_id, "file_name": sample.path.name, "width": sample.width, "height": sample.height}
-        )
-        for box, label in zip(sample.boxes.tolist(), sample.labels.tolist(), strict=True):
-            w, h = box[2] - box[0], box[3] - box[1]
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": sample.image_id,
-                    "category_id": int(label) + 1,
-                    "bbox": [box[0], box[1], w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(labels)]
-    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def empty_targets() -> tuple[np.ndarray, np.ndarray]:
