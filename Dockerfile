@@ -43,6 +43,7 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-cert \
     && python3 requirements.py locked.txt "${ORT_PACKAGE}" > requirements.txt \
     && /opt/optic/bin/pip install --no-cache-dir -r requirements.txt
 COPY README.md ./
+COPY dataformats/ dataformats/
 COPY service/ service/
 # Building the project's wheel fetches setuptools (build isolation): the index settings again.
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-cert \
@@ -51,16 +52,19 @@ RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-cert \
 
 FROM python AS runtime
 RUN groupadd --system --gid 10001 optic \
-    && useradd --system --uid 10001 --gid optic --home-dir /home/optic --create-home --shell /usr/sbin/nologin optic
+    && useradd --system --uid 10001 --gid optic --home-dir /home/optic --create-home --shell /usr/sbin/nologin optic \
+    && install -d -o optic -g optic /var/lib/optic
 COPY --from=build /opt/optic /opt/optic
 COPY deploy/container/healthcheck.py /opt/optic/healthcheck.py
 # The baked-in model repository; mount a volume at $OPTIC_MODEL_REPOSITORY to serve other models.
 COPY models/ /models/
 # BENTOML_HOME under /tmp: the root filesystem may be read-only (Kubernetes readOnlyRootFilesystem).
+# OPTIC_DATA_DIR: evaluation jobs' SQLite state and reports; mount a volume there to keep them.
 ENV PATH=/opt/optic/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     OPTIC_MODEL_REPOSITORY=/models \
+    OPTIC_DATA_DIR=/var/lib/optic \
     HOST=0.0.0.0 \
     PORT=3000 \
     BENTOML_HOME=/tmp/bentoml \

@@ -14,13 +14,17 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from service.tasks.base import Outputs
 
+# While live requests came in the last BACKGROUND_QUIET_S, an evaluation's pieces are cut to about
+# BACKGROUND_SLICE_S of inference: the most a live image waits behind one.
+BACKGROUND_QUIET_S = 0.25
+BACKGROUND_SLICE_S = 0.001
 log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers, format and level
 # (batch, busy: more work is waiting) -> every output with its batch dimension
 RunBatch = Callable[[np.ndarray, bool], dict[str, np.ndarray]]
@@ -33,10 +37,33 @@ class _Pending:
     queued_at: float
     decoded: bool  # came from an encoded image: decoding others competes with the run for the cores
     chunk: bool = False
+    background: bool = False  # a piece of an evaluation's batch
 
     @property
     def images(self) -> int:
         return len(self.array) if self.chunk else 1
+
+
+@dataclass
+class _Background:
+    """An evaluation's batch: cut into pieces that run only when no live image waits."""
+
+    batch: np.ndarray
+    future: asyncio.Future[Any]
+    offset: int = 0
+    pieces: list[asyncio.Future[Any]] = field(default_factory=list)
+
+    def settle(self, _: asyncio.Future[Any] | None = None) -> None:
+        """Once every piece has run: the whole batch's outputs, or the first piece's error."""
+        if self.offset < len(self.batch) or not all(p.done() for p in self.pieces) or self.future.done():
+            return
+        for piece in self.pieces:
+            error = piece.exception() if not piece.cancelled() else asyncio.CancelledError()
+            if error is not None:
+                self.future.set_exception(error)
+                return
+        results = [p.result() for p in self.pieces]
+        self.future.set_result({n: np.concatenate([r[n] for r in results]) for n in results[0]})
 
 
 class MicroBatcher:
@@ -61,6 +88,13 @@ class MicroBatcher:
         self._in_flight = 0  # batches handed to the inference thread, not yet finished
         self._queued_images = 0  # submitted, not yet in a batch
         self._held: _Pending | None = None
+        self._background: collections.deque[_Background] = collections.deque()
+        self._last_live = -1e9  # when a live request last came (perf_counter)
+        self._background_image_s = 0.0  # the running mean of a background image's run time
+
+    def note_live(self) -> None:
+        """A live request is here: evaluation pieces shrink to BACKGROUND_SLICE_S for a while."""
+        self._last_live = time.perf_counter()
 
     def idle(self) -> bool:
         """Nothing queued, on its way or running: a new image has no company to wait for."""
@@ -69,6 +103,8 @@ class MicroBatcher:
     def expect(self, count: int) -> None:
         """Announce images being decoded now that will be submitted soon (negative to withdraw)."""
         self._expected = max(0, self._expected + count)
+        if count > 0:
+            self._last_live = time.perf_counter()
         self._arrived.set()
 
     async def submit(self, array: np.ndarray, *, decoded: bool = True) -> Outputs:
@@ -82,10 +118,41 @@ class MicroBatcher:
         requests' images, never split, and gets back its own rows of every output."""
         return await self._enqueue(batch, False, chunk=True)
 
-    async def _enqueue(self, array: np.ndarray, decoded: bool, *, chunk: bool) -> Any:
+    async def submit_background(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """An evaluation's batch, at the lowest priority: it runs in pieces, each only when no live image is
+        waiting or being decoded, and while live traffic is about, pieces short enough (BACKGROUND_SLICE_S)
+        that a live image arriving waits little behind one. Its rows of every output, once all have run."""
         loop = asyncio.get_running_loop()
+        self._start(loop)
+        entry = _Background(batch, loop.create_future())
+        self._background.append(entry)
+        self._arrived.set()
+        return await entry.future
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._loop())
+
+    def _background_piece(self) -> _Pending:
+        entry = self._background[0]
+        now = time.perf_counter()
+        size = self.max_batch_size
+        if now - self._last_live < BACKGROUND_QUIET_S and self._background_image_s > 0:
+            size = max(1, int(BACKGROUND_SLICE_S / self._background_image_s))
+        size = min(size, self.max_batch_size, len(entry.batch) - entry.offset)
+        piece = _Pending(entry.batch[entry.offset : entry.offset + size], asyncio.get_running_loop().create_future(),
+                         now, decoded=True, chunk=True, background=True)  # fmt: skip
+        entry.offset += size
+        entry.pieces.append(piece.future)
+        piece.future.add_done_callback(entry.settle)
+        if entry.offset >= len(entry.batch):
+            self._background.popleft()
+        return piece
+
+    async def _enqueue(self, array: np.ndarray, decoded: bool, *, chunk: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        self._start(loop)
+        self._last_live = time.perf_counter()
         pending = _Pending(array, loop.create_future(), time.perf_counter(), decoded, chunk)
         self._queue.put_nowait(pending)
         self._queued_images += pending.images
@@ -93,7 +160,13 @@ class MicroBatcher:
         return await pending.future
 
     async def _collect(self) -> list[_Pending]:
-        batch = [self._held] if self._held is not None else [await self._queue.get()]
+        """Live images first; an evaluation's piece only when none waits or is being decoded."""
+        while self._held is None and self._queue.empty():
+            if self._background and self._expected <= 0:
+                return [self._background_piece()]
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch = [self._held] if self._held is not None else [self._queue.get_nowait()]
         self._held = None
         images = batch[0].images
         self._queued_images -= images
@@ -134,7 +207,8 @@ class MicroBatcher:
             else:
                 stacked = np.concatenate([p.array if p.chunk else p.array[None] for p in batch])
             # The one-thread session leaves the other cores to decoding; tensors alone need none.
-            busy = (backlogged or images > 1) and any(p.decoded for p in batch)
+            # Evaluation's pieces always take it: they never leave spinning threads behind them either.
+            busy = ((backlogged or images > 1) and any(p.decoded for p in batch)) or batch[0].background
             self._in_flight += 1
             run = loop.run_in_executor(self._executor, self._timed, stacked, busy)
             run.add_done_callback(functools.partial(self._finish, batch, images))
@@ -169,6 +243,10 @@ class MicroBatcher:
             outputs, started, ended = run.result()
             if any(len(a) != images for a in outputs.values()):
                 error = RuntimeError(f"a batch of {images} gave outputs of other lengths")
+            elif batch[0].background:
+                per_image = (ended - started) / images
+                mean = self._background_image_s
+                self._background_image_s = per_image if not mean else 0.8 * mean + 0.2 * per_image
         if error is not None:  # a failed run fails its own requests, never the loop
             for pending in batch:
                 if not pending.future.done():

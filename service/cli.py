@@ -60,10 +60,18 @@ def settings_problems(overrides: dict[str, Any] | None = None) -> list[str]:
 def _eval(args: argparse.Namespace) -> int:
     from service.errors import OpticError
     from service.evaluation.archive import extract_archive
-    from service.evaluation.runner import evaluate_offline
+    from service.evaluation.runner import Shard, evaluate_offline, predictions_document, save_predictions
     from service.repository import ModelRepository
     from service.settings import Settings
 
+    try:
+        shard = Shard.parse(args.shard) if args.shard else Shard()
+    except ValueError as exc:
+        print(f"optic eval: {exc}", file=sys.stderr)
+        return 2
+    if shard.count > 1 and not args.save_predictions:
+        print("optic eval: --shard needs --save-predictions FILE (then: optic eval merge FILES...)", file=sys.stderr)
+        return 2
     overrides = {"model_repository": args.repository} if args.repository else {}
     settings = Settings(**overrides)
     data = Path(args.data)
@@ -76,22 +84,83 @@ def _eval(args: argparse.Namespace) -> int:
             data = extract_archive(
                 data, workdir, max_bytes=settings.max_archive_bytes, max_members=settings.max_archive_members
             )
-        report = evaluate_offline(model, data, max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size)
+        evaluation = evaluate_offline(
+            model, data, max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size, shard=shard
+        )
     except OpticError as exc:
         print(f"optic eval: {exc.message}", file=sys.stderr)
         return 2
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.save_predictions:
+        save_predictions(Path(args.save_predictions), predictions_document(model, evaluation, shard))
+    return _eval_output(args, evaluation.report, evaluation.images)
+
+
+def _eval_output(args: argparse.Namespace, report: dict[str, Any], images: list[dict[str, Any]]) -> int:
+    """The report: to --output, its HTML, plots and per-image results to --report, a summary printed."""
     text = json.dumps(report, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
+    if args.report:
+        from service.evaluation.report import write_report
+
+        written = write_report({"evaluations": [report], "comparison": None}, [images], Path(args.report))
+        print(f"report: {Path(args.report) / written.get('report.html', 'report.html')}", file=sys.stderr)
     summary = report["metrics"].get("summary", {})
-    print(
-        text
-        if args.full
-        else json.dumps({"model": report["model"], "dataset": report["dataset"], "summary": summary}, indent=2)
+    brief = {"model": report["model"], "dataset": report["dataset"], "summary": summary}
+    if "thresholds" in report:
+        brief["thresholds"] = report["thresholds"]
+    print(text if args.full else json.dumps(brief, indent=2))
+    return 0
+
+
+def _eval_merge(argv: list[str]) -> int:
+    from service.evaluation.runner import merge_predictions
+
+    parser = argparse.ArgumentParser(
+        prog="optic eval merge", description="merge `optic eval --shard I/N --save-predictions` files into one report"
     )
+    parser.add_argument("files", nargs="+", type=Path, help="every shard's predictions file")
+    _eval_report_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        documents = [json.loads(path.read_text()) for path in args.files]
+        evaluation = merge_predictions(documents)
+    except (OSError, ValueError) as exc:
+        print(f"optic eval merge: {exc}", file=sys.stderr)
+        return 2
+    return _eval_output(args, evaluation.report, evaluation.images)
+
+
+def _eval_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="write the full JSON report here")
+    parser.add_argument("--report", help="write the HTML report, plots and per-image results (JSON, CSV) here")
+    parser.add_argument("--full", action="store_true", help="print the full report, not the summary")
+
+
+def _export_thresholds(argv: list[str]) -> int:
+    """`optic export --thresholds-from REPORT`: a new version with the report's per-class thresholds."""
+    from service.evaluation.thresholds import publish_thresholds
+
+    parser = argparse.ArgumentParser(
+        prog="optic export --thresholds-from",
+        description="publish the evaluated version again, as a new version whose model.json carries the report's "
+        "per-class F1-maximizing score thresholds (used by /detect and /segment when a request names none)",
+    )
+    parser.add_argument("--thresholds-from", required=True, type=Path, dest="report",
+                        help="optic eval --output JSON, or an evaluation job's JSON (GET /evaluations/ID)")  # fmt: skip
+    parser.add_argument("--model", help="NAME:VERSION, where the report compares several models")
+    parser.add_argument("--version", help="the new version (default: one more than the largest)")
+    parser.add_argument("--repository", type=Path, default=Path(os.environ.get("OPTIC_MODEL_REPOSITORY", "models")))
+    args = parser.parse_args(argv)
+    try:
+        folder = publish_thresholds(args.report, args.repository, model=args.model, version=args.version)
+    except (OSError, ValueError) as exc:
+        print(f"optic export: {exc}", file=sys.stderr)
+        return 2
+    print(folder)
     return 0
 
 
@@ -175,12 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in TRAINING_COMMANDS:
         sub.add_parser(name, add_help=False, help=f"{name} (needs the 'train' extra; optic {name} --help)")
-    ev = sub.add_parser("eval", help="evaluate a repository model on a data set folder or archive")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a repository model on a data set folder or archive (optic eval merge FILES: merge shards)",
+    )
     ev.add_argument("--model", required=True, help="model name or name:version")
     ev.add_argument("--data", required=True, help="data set folder, or a zip / tar.gz of one")
     ev.add_argument("--repository", help="model repository (default: OPTIC_MODEL_REPOSITORY or ./models)")
-    ev.add_argument("--output", help="write the full JSON report here")
-    ev.add_argument("--full", action="store_true", help="print the full report, not the summary")
+    _eval_report_options(ev)
+    ev.add_argument("--shard", help="I/N: evaluate images i with i %% N == I only (with --save-predictions)")
+    ev.add_argument("--save-predictions", help="write this run's per-image predictions (for optic eval merge)")
     ev.set_defaults(func=_eval)
     sv = sub.add_parser("serve", help="serve the model repository over HTTP (bentoml serve)")
     sv.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -199,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "merge"]:
+        return _eval_merge(argv[2:])
+    if argv[:1] == ["export"] and any(a == "--thresholds-from" or a.startswith("--thresholds-from=") for a in argv):
+        return _export_thresholds(argv[1:])  # needs no torch: the graph is copied as it is
     if argv and argv[0] in TRAINING_COMMANDS:
         missing = _missing_training_modules()
         if missing:

@@ -167,3 +167,23 @@ class LoadFailed(OpticError):
 
     reason = "load_failed"
     status_code = 400
+
+
+class UnknownJob(OpticError):
+    reason = "unknown_job"
+    status_code = 404
+
+
+class JobFinished(OpticError):
+    reason = "job_finished"
+    status_code = 409
+
+
+class PathNotAllowed(OpticError):
+    reason = "path_not_allowed"
+    status_code = 403
+
+
+class QueueFull(OpticError):
+    reason = "evaluation_queue_full"
+    status_code = 503

@@ -99,6 +99,13 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def next_version(repository: Path, name: str) -> str:
+    """One more than the largest numeric version folder of `name` ("1" for a new model)."""
+    folder = repository / name
+    numbers = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    return str(max(numbers, default=0) + 1)
+
+
 def write_model_version(repository: Path, metadata: ModelMetadata, onnx_path: Path) -> Path:
     """Publish `repository/NAME/VERSION/` atomically; never overwrite an existing version.
 

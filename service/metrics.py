@@ -32,6 +32,7 @@ class Metrics:
     requests: Any
     load_seconds: Any
     switches: Any
+    evaluation_jobs: Any
 
     def model_live(self, model: LoadedModel, live: bool) -> None:
         """`optic_model_info` of a version: 1 while it serves (its load time observed as it starts), then 0."""
@@ -94,5 +95,10 @@ def get_metrics() -> Metrics:
             "optic_model_switches_total",
             "Version changes while serving (repository polling), by outcome: loaded, failed, retired.",
             ["model", "outcome"],
+        ),
+        evaluation_jobs=prom.Counter(
+            "optic_evaluation_jobs_total",
+            "Evaluation jobs by outcome: submitted, succeeded, failed, cancelled, interrupted.",
+            ["outcome"],
         ),
     )

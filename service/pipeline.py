@@ -67,6 +67,10 @@ class Pipeline:
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="optic-infer")
         self._infer_lock = threading.Lock()
         self._prep_pool = ThreadPoolExecutor(2, thread_name_prefix="optic-prep")
+        # Evaluation decodes and scores on a thread of its own, which paces itself while live requests come
+        # (eval_pace). Not a lower OS priority: a thread descheduled while it holds the GIL stalls them all.
+        self.eval_pool = ThreadPoolExecutor(1, thread_name_prefix="optic-eval")
+        self._last_live = -1e9
         self._batchers: dict[str, MicroBatcher] = {}
         self._model_series: dict[str, _Series] = {}
         self._request_series: dict[tuple[str, str], Any] = {}
@@ -192,6 +196,8 @@ class Pipeline:
     ) -> list[Prediction]:
         meta = model.metadata
         batcher = self.batcher(model)
+        batcher.note_live()
+        self._last_live = time.perf_counter()
         if len(files) == 1 and batcher.idle():
             name, data = files[0]
             done = await asyncio.get_running_loop().run_in_executor(
@@ -235,16 +241,18 @@ class Pipeline:
         """Run blocking work (rendering, encoding, file I/O) on the preprocessing threads."""
         return await asyncio.get_running_loop().run_in_executor(self._prep_pool, function, *args)
 
-    async def run_batch(self, model: LoadedModel, batch: np.ndarray) -> list[Outputs]:
-        """Evaluation's route into the batcher, so it shares the model fairly with live traffic. Its images
-        are never refused, but they count in the backlog live requests are admitted against."""
-        batcher = self.batcher(model)
-        self.admission.admit_unchecked(model.key, len(batch))
-        try:
-            return list(await asyncio.gather(*(batcher.submit(a) for a in batch)))
-        finally:
-            self.admission.release(model.key, len(batch))
+    def eval_pace(self, spent_s: float) -> None:
+        """Called by evaluation's thread after each image it decoded or scored in `spent_s`: while live
+        requests came in the last quarter second, it rests as long (at most half a core, and the GIL free)."""
+        if time.perf_counter() - self._last_live < 0.25:
+            time.sleep(min(max(spent_s, 0.0002), 0.05))
+
+    async def run_background(self, model: LoadedModel, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Evaluation's route into the batcher: its images run only where live ones leave room (see
+        MicroBatcher.submit_background), and never count against live requests' admission."""
+        return await self.batcher(model).submit_background(batch)
 
     def shutdown(self) -> None:
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         self._prep_pool.shutdown(wait=False, cancel_futures=True)
+        self.eval_pool.shutdown(wait=False, cancel_futures=True)

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import os
+import sqlite3
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from service.shutdown import Drain
 from service.v2.rest import V2App
 
 if TYPE_CHECKING:
+    from service.evaluation.jobs import Jobs
     from service.v2.grpc_server import GrpcServer
 
 log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers, format and level
@@ -39,7 +41,7 @@ log = logging.getLogger("bentoml.optic")  # under BentoML's logger: its handlers
 ROUTES_APP = OpticApp(ROUTES)
 GUARD = GuardState()
 GUARD.optic_paths = ROUTES_APP.paths
-GUARD.endpoints = ROUTES_APP.endpoints
+GUARD.match = ROUTES_APP.match
 V2 = V2App()  # the KServe v2 REST routes, under /v2
 GUARD.v2 = V2
 
@@ -59,7 +61,7 @@ def optic_version() -> str:
     # fires): at 400 requests/s, 120 s of them hold ~17 MB; an hour's would hold ~0.5 GB.
     traffic={"timeout": float(os.environ.get("OPTIC_REQUEST_TIMEOUT_S", "120"))},
     # Per-request spans and access lines cost the event loop ~25% of its time on small models (bench/).
-    tracing={"excluded_urls": [*sorted(ROUTES_APP.paths), "/v2"]},  # regular expressions: every /v2 route
+    tracing={"excluded_urls": [*sorted(p for p in ROUTES_APP.paths if "{" not in p), "/v2", "/evaluations"]},
     logging={"access": {"enabled": os.environ.get("OPTIC_ACCESS_LOG", "false").lower() in ("1", "true", "yes")}},
 )
 @bentoml.asgi_app(ROUTES_APP.starlette(), path="/")
@@ -85,6 +87,7 @@ class Optic:
         ROUTES_APP.bind(self, GUARD.count_error)
         V2.bind(self)
         self.grpc = self._start_grpc()
+        self.jobs = self._start_jobs()
         if self.settings.repository_poll_s > 0 or self.settings.model_control:
             from service.lifecycle import Lifecycle
 
@@ -126,6 +129,21 @@ class Optic:
         asyncio.get_running_loop().create_task(server.start())
         GUARD.drain.before_exit.append(lambda: server.stop(1.0))
         return server
+
+    def _start_jobs(self) -> Jobs | None:
+        """Evaluation jobs, from OPTIC_DATA_DIR: a folder that cannot be used turns them off (503 naming it),
+        not the server."""
+        from service.evaluation.jobs import Jobs
+
+        try:
+            jobs = Jobs(self)
+            jobs.start()
+        except (OSError, sqlite3.Error) as exc:
+            self.jobs_problem = f"OPTIC_DATA_DIR={self.settings.data_dir} cannot be used: {exc}"
+            log.error("evaluation jobs are off: %s", self.jobs_problem)
+            return None
+        GUARD.drain.before_exit.append(jobs.stop)
+        return jobs
 
     async def __is_ready__(self) -> bool:
         return self.ready and not GUARD.drain.draining and (self.grpc is None or self.grpc.started)

@@ -104,14 +104,24 @@ class Settings(BaseSettings):
     grpc_host: str = Field(
         "0.0.0.0", description="The address gRPC listens on (`optic serve` sets it to its --host unless it is set)."
     )
+    data_dir: Path = Field(
+        Path("optic-data"), description="Evaluation jobs' SQLite state, uploads and reports (a volume in containers)."
+    )
+    datasets_root: Path | None = Field(
+        None, description="Server folder that POST /evaluations `path` jobs may read under; unset: uploads only."
+    )
+    evaluation_concurrency: int = Field(1, ge=1, le=64, description="Evaluation jobs running at once (all workers).")
+    evaluation_queue_length: int = Field(
+        16, ge=0, le=100_000, description="Evaluation jobs waiting beyond those running; more are refused (503)."
+    )
     default_top_k: int = Field(5, ge=1)
     warmup_runs: int = Field(1, ge=0)
     verify_sha256: bool = True
 
-    @field_validator("model_repository")
+    @field_validator("model_repository", "data_dir", "datasets_root")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @model_validator(mode="after")
     def _refuse_oversubscription(self) -> Settings:

@@ -61,3 +61,30 @@ def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "cls"
     write_demo("classification", out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def det_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.data.demo_detection import write_shapes
+
+    out = tmp_path_factory.mktemp("det") / "shapes"
+    write_shapes(out, seed=7, images={"train": 1, "val": 1, "test": 24})
+    return out
+
+
+@pytest.fixture(scope="session")
+def seg_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.data.demo import write_demo
+
+    out = tmp_path_factory.mktemp("seg") / "semantic"
+    write_demo("segmentation", out, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def inst_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.data.demo import write_demo
+
+    out = tmp_path_factory.mktemp("inst") / "instances"
+    write_demo("instance-segmentation", out, seed=3)
+    return out

@@ -59,6 +59,8 @@ def start_server(repository: Path, log_path: Path, env: dict[str, str] | None = 
         "BENTOML_HOME": str(log_path.parent / f"bentoml-home-{port}"),
         # Never the default 8001: servers side by side would share it (SO_REUSEPORT) and answer for each other.
         "OPTIC_GRPC_PORT": str(grpc_port),
+        # Evaluation jobs' state: the server's own, never the checkout's ./optic-data.
+        "OPTIC_DATA_DIR": str(log_path.parent / f"optic-data-{port}"),
         **(env or {}),
     }
     handle = log_path.open("wb")

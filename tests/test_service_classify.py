@@ -154,7 +154,7 @@ def test_offline_eval_is_the_same_runner(server: Server, cls_data: Path, reposit
     from service.settings import Settings
 
     model = load_model(repository / MODEL / "1", Settings(model_repository=repository, warmup_runs=0))
-    offline = evaluate_offline(model, cls_data / "test", max_pixels=10**7)
+    offline = evaluate_offline(model, cls_data / "test", max_pixels=10**7).report
     online = httpx.post(
         f"{server.url}/evaluate",
         data={"model": MODEL},

@@ -30,15 +30,6 @@ def detector(server: Server) -> dict:
     return model_of_task(server, "detection")
 
 
-@pytest.fixture(scope="session")
-def det_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.data.demo_detection import write_shapes
-
-    out = tmp_path_factory.mktemp("det") / "shapes"
-    write_shapes(out, seed=7, images={"train": 1, "val": 1, "test": 24})
-    return out
-
-
 def demo_images(det_data: Path) -> list[Path]:
     return sorted((det_data / "test" / "images").glob("*.jpg"))
 

@@ -34,24 +34,6 @@ def instance(server: Server) -> dict:
     return model_of_task(server, "instance-segmentation")
 
 
-@pytest.fixture(scope="session")
-def seg_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("seg") / "semantic"
-    write_demo("segmentation", out, seed=3)
-    return out
-
-
-@pytest.fixture(scope="session")
-def inst_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("inst") / "instances"
-    write_demo("instance-segmentation", out, seed=3)
-    return out
-
-
 def _segment(server: Server, paths: list[Path], **form: str) -> dict:
     response = httpx.post(f"{server.url}/segment", files=files_field(paths), data=form, timeout=120)
     assert response.status_code == 200, response.text

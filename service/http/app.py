@@ -9,8 +9,10 @@ OpenAPI document alike. Every refusal is a JSON `{"error", "reason"}` counted in
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -68,12 +70,26 @@ Handler = Callable[["Optic", Form], Awaitable[Answer]]
 
 
 @dataclass(frozen=True)
+class Call:
+    """What a route without a form is called with: its path parameters and query."""
+
+    scope: Scope
+    params: dict[str, str]
+
+    @property
+    def query(self) -> dict[str, str]:
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1")))
+
+
+@dataclass(frozen=True)
 class Route:
     path: str
     method: str
     summary: str
     description: str
-    handler: Handler | Callable[[Optic], Awaitable[Answer]]
+    handler: Handler | Callable[[Optic, Call], Awaitable[Answer]]
     files: tuple[FileField, ...] = ()
     texts: tuple[TextField, ...] = ()
     responses: dict[str, Any] = field(default_factory=dict)
@@ -86,31 +102,33 @@ class Route:
 
 
 class Endpoint:
-    """The ASGI app of one route."""
+    """The ASGI app of one path: its routes by method."""
 
-    def __init__(self, app: OpticApp, route: Route) -> None:
+    def __init__(self, app: OpticApp, routes: list[Route]) -> None:
         self.app = app
-        self.route = route
+        self.methods = {r.method: r for r in routes}
+        self.path = routes[0].path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.route
         workdir: Path | None = None
         service = self.app.service
+        route = self.methods.get(scope["method"]) or next(iter(self.methods.values()))
         try:
-            if scope["method"] != route.method:
+            if scope["method"] not in self.methods:
+                allowed = ", ".join(sorted(self.methods))
                 raise MethodNotAllowed(
-                    f"{route.path} takes {route.method}, not {scope['method']}",
-                    headers={"allow": route.method},
+                    f"{self.path} takes {' or '.join(sorted(self.methods))}, not {scope['method']}",
+                    headers={"allow": allowed},
                 )
             if service is None:
                 raise ShuttingDown("optic is not ready: its models are still loading", reason="unavailable")
             if route.takes_form:
                 if route.spool:
                     workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, None, "optic-upload-"))
-                form = await self._read_form(service, scope, receive, workdir)
-                answer = await route.handler(service, form)  # type: ignore[call-arg]
+                form = await self._read_form(route, service, scope, receive, workdir)
+                answer = await route.handler(service, form)  # type: ignore[arg-type]
             else:
-                answer = await route.handler(service)  # type: ignore[call-arg]
+                answer = await route.handler(service, Call(scope, scope.get("path_params") or {}))  # type: ignore[arg-type]
         except OpticError as exc:
             self.app.count_error(route.path, exc.reason)
             answer = error_answer(exc)
@@ -125,11 +143,14 @@ class Endpoint:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
         await send_answer(send, answer)
 
-    async def _read_form(self, service: Optic, scope: Scope, receive: Receive, workdir: Path | None) -> Form:
+    async def _read_form(
+        self, route: Route, service: Optic, scope: Scope, receive: Receive, workdir: Path | None
+    ) -> Form:
         settings = service.settings
-        limit = max(settings.max_body_bytes, settings.max_archive_bytes) if self.route.large_body else (
-            settings.max_body_bytes
+        limit = (
+            max(settings.max_body_bytes, settings.max_archive_bytes) if route.large_body else (settings.max_body_bytes)
         )
+        too_large = functools.partial(self._too_large, route, limit)
         content_type = b""
         declared = None
         for name, value in scope["headers"]:
@@ -138,22 +159,22 @@ class Endpoint:
             elif name == b"content-length":
                 declared = value
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise self._too_large(limit)
+            raise too_large()
         limits = FormLimits(settings.max_form_parts, settings.max_field_bytes, settings.max_filename_length)
-        reader = FormReader(content_type.decode("latin-1"), limits, spool=self.route.spool.__contains__)
+        reader = FormReader(content_type.decode("latin-1"), limits, spool=route.spool.__contains__)
         files: dict[int, IO[bytes]] = {}
         try:
             if workdir is None:  # not spooled: the body is bounded, so it is parsed whole (the reader's fast path)
-                reader.feed(await read_body(receive, limit, lambda: self._too_large(limit)), final=True)
+                reader.feed(await read_body(receive, limit, too_large), final=True)
             else:
-                async for chunk, more in body_chunks(receive, limit, lambda: self._too_large(limit)):
+                async for chunk, more in body_chunks(receive, limit, too_large):
                     reader.feed(chunk, final=not more)
                     await self._spool(service, reader, workdir, files)
             parts = reader.finish()
         finally:
             for handle in files.values():
                 await asyncio.to_thread(handle.close)
-        return Form(parts, self.route.files, self.route.texts)
+        return Form(parts, route.files, route.texts)
 
     @staticmethod
     async def _spool(service: Optic, reader: FormReader, workdir: Path, files: dict[int, IO[bytes]]) -> None:
@@ -164,8 +185,9 @@ class Endpoint:
                 handle = files[id(part)] = await asyncio.to_thread(part.path.open, "wb")
             await asyncio.to_thread(handle.write, data)
 
-    def _too_large(self, limit: int) -> BodyTooLarge:
-        setting = "OPTIC_MAX_ARCHIVE_BYTES" if self.route.large_body else "OPTIC_MAX_BODY_BYTES"
+    @staticmethod
+    def _too_large(route: Route, limit: int) -> BodyTooLarge:
+        setting = "OPTIC_MAX_ARCHIVE_BYTES" if route.large_body else "OPTIC_MAX_BODY_BYTES"
         return BodyTooLarge(f"request body exceeds the limit of {limit} bytes ({setting})")
 
 
@@ -198,14 +220,33 @@ class OpticApp:
 
     def __init__(self, routes: list[Route]) -> None:
         self.routes = routes
-        self.paths = frozenset(r.path for r in routes)
-        self.endpoints = {r.path: Endpoint(self, r) for r in routes}
+        self.paths = frozenset(r.path for r in routes)  # templates: /evaluations/{id}
+        by_path: dict[str, list[Route]] = {}
+        for route in routes:
+            by_path.setdefault(route.path, []).append(route)
+        self.endpoints = {path: Endpoint(self, rs) for path, rs in by_path.items() if "{" not in path}
+        self.templated = [
+            (re.compile("^" + re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path)) + "$"), Endpoint(self, rs))
+            for path, rs in by_path.items()
+            if "{" in path
+        ]
         self.service: Optic | None = None
         self._count: Callable[[str, str], None] | None = None
 
     def bind(self, service: Optic, count_error: Callable[[str, str], None]) -> None:
         self.service = service
         self._count = count_error
+
+    def match(self, path: str) -> tuple[Endpoint, dict[str, str]] | None:
+        """The endpoint for a request path, with its path parameters."""
+        endpoint = self.endpoints.get(path)
+        if endpoint is not None:
+            return endpoint, {}
+        for pattern, templated in self.templated:
+            found = pattern.match(path)
+            if found is not None:
+                return templated, found.groupdict()
+        return None
 
     def count_error(self, path: str, reason: str) -> None:
         if self._count is not None:
@@ -216,7 +257,8 @@ class OpticApp:
         from starlette.applications import Starlette
         from starlette.routing import Route as StarletteRoute
 
-        return Starlette(routes=[StarletteRoute(path, endpoint) for path, endpoint in self.endpoints.items()])
+        every = [*self.endpoints.items(), *((e.path, e) for _, e in self.templated)]
+        return Starlette(routes=[StarletteRoute(path, endpoint) for path, endpoint in every])
 
 
 def upload_path(part: Part) -> Path:

@@ -29,6 +29,7 @@ class FileField:
     name: str
     description: str
     many: bool = True  # several files in the one field name
+    required: bool = True
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ class GuardState:
         self.protect_metrics = False
         self.drain = Drain(grace_s=30.0)
         self.optic_paths: frozenset[str] = frozenset()
-        self.endpoints: dict[str, Any] = {}  # optic's routes, called directly: no framework layers between
+        # optic's routes, called directly (no framework layers between): the endpoint and path parameters
+        self.match: Callable[[str], tuple[Any, dict[str, str]] | None] = lambda path: None
         self.v2: Any = None  # the KServe v2 REST app: every path under /v2
         self.count_error: Callable[[str, str], None] = lambda endpoint, reason: None
         self.count_key: Callable[[str], None] = lambda key_id: None
@@ -61,7 +62,10 @@ class GuardState:
         """A bounded label: a known route's path, else "other" (never what a client made up)."""
         if is_v2(path):
             return error_label(path)
-        return path if path in self.optic_paths or path in BENTOML_PATHS else "other"
+        if path in self.optic_paths or path in BENTOML_PATHS:
+            return path
+        found = self.match(path)
+        return found[0].path if found is not None else "other"
 
 
 def _exempt(state: GuardState, path: str, method: str) -> bool:
@@ -100,8 +104,13 @@ class Guard:
             await self.app(scope, receive, send)
             return
         with state.drain.track():
-            endpoint = state.endpoints.get(path)
-            if endpoint is None and is_v2(path):
+            found = state.match(path)
+            endpoint = None
+            if found is not None:
+                endpoint, params = found
+                if params:
+                    scope = {**scope, "path_params": params}
+            elif is_v2(path):
                 endpoint = state.v2
             if endpoint is not None:
                 await endpoint(scope, receive, send)  # optic's endpoints shape and count their own errors

@@ -7,6 +7,7 @@ File fields are `type: string, format: binary` (arrays of them where a field tak
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 from service.http.app import Route
@@ -48,7 +49,7 @@ def _form_schema(route: Route, models: list[str]) -> dict[str, Any]:
         properties[t.name] = {**t.schema, "description": t.description}
         if t.name == "model" and models:
             properties[t.name]["examples"] = models
-    required = [f.name for f in route.files] + [t.name for t in route.texts if t.required]
+    required = [f.name for f in route.files if f.required] + [t.name for t in route.texts if t.required]
     return {
         "required": True,
         "content": {
@@ -72,7 +73,7 @@ def _operation(route: Route, models: list[str]) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": route.summary,
         "description": route.description,
-        "operationId": route.path.strip("/").replace("/", "_") or "root",
+        "operationId": re.sub(r"[{}]", "", route.path).strip("/").replace("/", "_").replace(".", "_") or "root",
         "tags": ["optic"],
         "responses": responses,
     }
@@ -94,7 +95,15 @@ def build_spec(base: dict[str, Any], routes: list[Route], version: str, models: 
     )
     paths = spec.setdefault("paths", {})
     for route in routes:
-        paths[route.path] = {route.method.lower(): _operation(route, models)}
+        operation = _operation(route, models)
+        names = re.findall(r"{(\w+)}", route.path)
+        if names:
+            operation["parameters"] = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
+            ]
+        if sum(r.path == route.path for r in routes) > 1:  # one id per operation
+            operation["operationId"] = f"{route.method.lower()}_{operation['operationId']}"
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
     spec.setdefault("components", {}).setdefault("schemas", {})["OpticError"] = ERROR_SCHEMA
     spec["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "Only when OPTIC_API_KEYS is set."},

@@ -15,7 +15,8 @@ from PIL import Image
 from service.errors import InvalidParameter, NoImages, TooManyImages
 from service.evaluation.archive import extract_archive
 from service.evaluation.runner import evaluate_folder
-from service.http.app import Answer, Route, json_answer, upload_path
+from service.http.app import Answer, Call, Route, json_answer, upload_path
+from service.http.evaluations import EVALUATION_ROUTES
 from service.http.forms import FileField, Form, param_field, text_field
 from service.imaging import decode_image
 from service.pipeline import Prediction
@@ -62,6 +63,8 @@ def _params(model: LoadedModel, values: dict[str, Any]) -> Any:
     """The model's defaults, with what the request set (already converted and bounded by its fields)."""
     defaults = model.default_params
     update = {k: v for k, v in values.items() if k in type(defaults).model_fields}
+    if "score_threshold" in update and getattr(defaults, "class_thresholds", None):
+        update["class_thresholds"] = None  # a threshold the request names wins over the model's per-class ones
     params = defaults.model_copy(update=update) if update else defaults
     model.task.check_params(params, model.metadata)
     return params
@@ -151,9 +154,11 @@ async def evaluate(service: Optic, form: Form) -> Answer:
     report = await evaluate_folder(
         model,
         root,
-        service.pipeline.run_batch,
+        service.pipeline.run_background,
         max_pixels=settings.max_image_pixels,
         batch_size=settings.max_batch_size,
+        executor=service.pipeline.eval_pool,
+        pace=service.pipeline.eval_pace,
     )
     meta = model.metadata
     for metric, value in report["metrics"].get("summary", {}).items():
@@ -161,7 +166,7 @@ async def evaluate(service: Optic, form: Form) -> Answer:
     return json_answer(report)
 
 
-async def models(service: Optic) -> Answer:
+async def models(service: Optic, call: Call) -> Answer:
     return json_answer({"models": [m.describe() for m in service.repository], "failed": service.repository.failures})
 
 
@@ -187,4 +192,5 @@ ROUTES = [
           spool=frozenset({"dataset"}), large_body=True),
     Route("/models", "GET", "Loaded models", "Every loaded model's model.json, provider and sha256; failed versions.",
           models, responses={"200": {"description": "models and failed"}}),
+    *EVALUATION_ROUTES,
 ]  # fmt: skip
