@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 # Every install comes from uv.lock: the versions the tests passed with (uv lock refreshes it).
 SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --frozen --inexact --python $(BIN)/python --quiet
 
-.PHONY: serve test test-unit test-integration lint bench bench-soak bench-v2 demo-models clean
+.PHONY: serve test test-unit test-integration lint bench bench-soak bench-v2 bench-eval demo-models clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ test-integration: $(VENV)/.dev
 	$(BIN)/python -m pytest -m integration
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service training tests bench deploy
+	$(BIN)/ruff check dataformats service training tests bench deploy
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
 
@@ -53,6 +53,10 @@ bench-soak: $(VENV)/.dev
 # The KServe v2 tensor path (HTTP binary extension and gRPC) against raw ONNX Runtime on the same uint8 batches.
 bench-v2: $(VENV)/.dev
 	$(BIN)/python -m bench.v2
+
+# Evaluation jobs on the server against `optic eval` offline: 20,000 + 2,000 generated images (cached in ~/.cache).
+bench-eval: $(VENV)/.dev
+	$(BIN)/python -m bench.evaluation
 
 # Rebuilds the committed demo models from package-shipped data (see README: "Demo models").
 demo-models: $(VENV)/.dev

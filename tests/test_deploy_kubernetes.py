@@ -17,6 +17,8 @@ from tests.server import ROOT
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
+# Not the serving stack: the evaluation Jobs run once, apart (tests/test_deploy_evaluation_job.py).
+NOT_SERVING = {"kustomization.yaml", "evaluation-job.yaml"}
 # The oldest release still commonly run, and the newest the installed schemas know.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 
@@ -75,7 +77,7 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
 def manifests() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted(KUBERNETES.glob("*.yaml")):
-        if path.name != "kustomization.yaml":
+        if path.name not in NOT_SERVING:
             docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
     return docs
 
@@ -92,7 +94,7 @@ def container() -> dict[str, Any]:
 
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    on_disk = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    on_disk = {p.name for p in KUBERNETES.glob("*.yaml")} - NOT_SERVING
     assert set(kustomization["resources"]) == on_disk
     kinds = {d["kind"] for d in manifests()}
     assert kinds == {
