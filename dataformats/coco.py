@@ -286,16 +286,8 @@ def read_coco(
     data = load_coco_json(json_path, need_segmentation=need_segmentation)
     labels = coco_labels(data) if labels is None else labels
     category_label = category_labels(data, labels, json_path, known_as)
-    finder = ImageFinder(json_path, root)
-    paths = [finder.find(image["file_name"]) for image in data["images"]]
-    if check_sizes:
-        check_declared_sizes(data, paths, json_path)
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
     samples, dropped = [], 0
-    for image, path in zip(data["images"], paths, strict=True):
-        anns = by_image.get(image["id"], [])
+    for image, path, anns in coco_images(data, json_path, root, check_sizes=check_sizes):
         kept = [a for a in anns if is_target(a)]
         dropped += sum(1 for a in anns if not a["iscrowd"]) - len(kept)
         boxes, classes = empty_targets()
@@ -309,6 +301,21 @@ def read_coco(
         log.warning("%s: %d boxes without area are not training targets", json_path, dropped)
     label_to_category = {label: category for category, label in category_label.items()}
     return labels, DetectionSplit(samples, data, label_to_category)
+
+
+def coco_images(
+    data: dict[str, Any], json_path: Path, root: Path | None, *, check_sizes: bool = False
+) -> list[tuple[dict[str, Any], Path, list[dict[str, Any]]]]:
+    """Each image of a checked COCO file: its entry, its file (found as the tools lay them out; `root`:
+    only inside it) and its annotations, in file order."""
+    finder = ImageFinder(json_path, root)
+    paths = [finder.find(image["file_name"]) for image in data["images"]]
+    if check_sizes:
+        check_declared_sizes(data, paths, json_path)
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return [(image, path, by_image.get(image["id"], [])) for image, path in zip(data["images"], paths, strict=True)]
 
 
 def is_target(ann: dict[str, Any]) -> bool:

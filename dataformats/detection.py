@@ -6,6 +6,7 @@ layouts each tool writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from dataformats.annotations import DetectionSplit, DetectionSplits
@@ -16,6 +17,7 @@ from dataformats.splits import ALIASES, SPLITS
 from dataformats.yolo import (
     NAME_FILES,
     YAML_FILES,
+    SplitReader,
     find_yolo_layout,
     find_yolo_root,
     load_yolo_dataset,
@@ -39,6 +41,9 @@ def has_yolo(root: Path) -> bool:
     return any((root / a / "images").is_dir() or (root / "images" / a).is_dir() for s in SPLITS for a in ALIASES[s])
 
 
+CocoReader = Callable[..., tuple[list[str], DetectionSplit]]  # (json_path, labels=None) -> (labels, split)
+
+
 def find_detection_splits(data: Path, val_fraction: float = 0.15, seed: int = 0) -> DetectionSplits:
     """Read a detection data set; without a val split, a seeded `val_fraction` of train becomes val.
 
@@ -47,31 +52,47 @@ def find_detection_splits(data: Path, val_fraction: float = 0.15, seed: int = 0)
     (or a folder holding one: Ultralytics, Roboflow's YOLO export); a folder with `{train,val,test}/images`
     or `images/{train,val,test}` plus `classes.txt` (YOLO); or a single COCO JSON file.
     """
+    return find_splits(
+        data, read_coco, None, val_fraction, seed,
+        kind="detection",
+        expected="COCO files with a train split (train/annotations.json, train/_annotations.coco.json, "
+        "annotations/instances_train.json, ...), a data.yaml, or train/images + train/labels + classes.txt (YOLO)",
+    )  # fmt: skip
+
+
+def find_splits(
+    data: Path,
+    read_coco_file: CocoReader,
+    read_yolo_split: SplitReader | None,
+    val_fraction: float,
+    seed: int,
+    *,
+    kind: str,
+    expected: str,
+) -> DetectionSplits:
+    """The splits of a COCO or YOLO data set (detection and instance segmentation alike: each passes its
+    readers); COCO wins where a folder holds both."""
     data = Path(data)
     if data.is_file() and data.suffix.lower() in (".yaml", ".yml"):
         layout = find_yolo_layout(data)
-        return finish_splits(layout.labels, read_yolo_splits(layout), "yolo", val_fraction, seed)
+        return finish_splits(layout.labels, read_yolo_splits(layout, read_yolo_split), "yolo", val_fraction, seed)
     if data.is_file() and data.suffix.lower() == ".json":
-        labels, split = read_coco(data)
-        return finish_splits(labels, {"train": split}, "coco", val_fraction, seed)
+        labels, train = read_coco_file(data)
+        return finish_splits(labels, {"train": train}, "coco", val_fraction, seed)
     if not data.is_dir():
-        raise FileNotFoundError(f"detection data {data} does not exist")
+        raise FileNotFoundError(f"{kind} data {data} does not exist")
     files = coco_split_files(data)
     if "train" in files:
-        labels, train = read_coco(files["train"])
+        labels, train = read_coco_file(files["train"])
         found = {"train": train}
         for name in SPLITS[1:]:
             if name in files:
-                found[name] = read_coco(files[name], labels)[1]
+                found[name] = read_coco_file(files[name], labels)[1]
         return finish_splits(labels, found, "coco", val_fraction, seed)
     if has_yolo(data):
         layout = find_yolo_layout(data)
-        return finish_splits(layout.labels, read_yolo_splits(layout), "yolo", val_fraction, seed)
-    raise DatasetError(
-        f"{data} is not a detection data set: expected COCO files with a train split (train/annotations.json, "
-        "train/_annotations.coco.json, annotations/instances_train.json, ...), a data.yaml, or "
-        "train/images + train/labels + classes.txt (YOLO)"
-    )
+        return finish_splits(layout.labels, read_yolo_splits(layout, read_yolo_split), "yolo", val_fraction, seed)
+    raise DatasetError(f"{data} is not a {kind} data set: expected {expected}")
 
 
 def load_detection_dataset(root: Path, labels: list[str]) -> EvalDataset:

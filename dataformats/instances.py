@@ -14,26 +14,22 @@ from typing import Any
 import numpy as np
 
 from dataformats.annotations import DetectionSample, DetectionSplit, DetectionSplits, empty_targets
-from dataformats.coco import coco_split_files, has_coco_json, is_target, load_coco_dataset
+from dataformats.coco import has_coco_json, is_target, load_coco_dataset
 from dataformats.coco import read_coco as read_coco_boxes
-from dataformats.detection import finish_splits, has_yolo
+from dataformats.detection import find_splits
 from dataformats.errors import DatasetError, shown
 from dataformats.evaluation import EvalDataset
 from dataformats.images import list_images
-from dataformats.splits import SPLITS
 from dataformats.yolo import (
     NAME_FILES,
     PIXEL_DECIMALS,
     YAML_FILES,
     YoloError,
-    YoloLayout,
-    find_yolo_layout,
     find_yolo_root,
     image_size,
     label_path,
     load_yolo_dataset,
     read_label_rows,
-    read_yolo_splits,
     row_box,
 )
 
@@ -116,36 +112,15 @@ def read_yolo_instances(images_dir: Path, labels: list[str], root: Path | None =
     return DetectionSplit(samples, coco, {i: i + 1 for i in range(len(labels))})
 
 
-def _yolo_instance_splits(layout: YoloLayout, val_fraction: float, seed: int) -> DetectionSplits:
-    found = read_yolo_splits(layout, read_yolo_instances)
-    return finish_splits(layout.labels, found, "yolo", val_fraction, seed)
-
-
 def find_instance_splits(data: Path, val_fraction: float = 0.15, seed: int = 0) -> DetectionSplits:
     """A COCO data set (one file, or a file per split: see dataformats.coco), or a YOLO-seg one (a data.yaml
     or classes.txt); without a val split, a seeded `val_fraction` of train becomes val."""
-    data = Path(data)
-    if data.is_file() and data.suffix.lower() in (".yaml", ".yml"):
-        return _yolo_instance_splits(find_yolo_layout(data), val_fraction, seed)
-    if data.is_file() and data.suffix.lower() == ".json":
-        labels, train = read_coco_instances(data)
-        return finish_splits(labels, {"train": train}, "coco", val_fraction, seed)
-    if not data.is_dir():
-        raise FileNotFoundError(f"instance segmentation data {data} does not exist")
-    files = coco_split_files(data)
-    if "train" in files:
-        labels, train = read_coco_instances(files["train"])
-        found = {"train": train}
-        for split in SPLITS[1:]:
-            if split in files:
-                found[split] = read_coco_instances(files[split], labels)[1]
-        return finish_splits(labels, found, "coco", val_fraction, seed)
-    if has_yolo(data):
-        return _yolo_instance_splits(find_yolo_layout(data), val_fraction, seed)
-    raise DatasetError(
-        f"{data} is not an instance segmentation data set: expected a COCO file with a train split "
-        "(train/annotations.json, annotations/instances_train.json, ...) or a YOLO-seg data.yaml"
-    )
+    return find_splits(
+        data, read_coco_instances, read_yolo_instances, val_fraction, seed,
+        kind="instance segmentation",
+        expected="a COCO file with a train split (train/annotations.json, annotations/instances_train.json, ...) "
+        "or a YOLO-seg data.yaml",
+    )  # fmt: skip
 
 
 def load_instance_dataset(root: Path, labels: list[str]) -> EvalDataset:

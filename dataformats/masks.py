@@ -25,9 +25,8 @@ from PIL import Image
 from dataformats.coco import (
     MODEL_LABELS,
     TRAIN_LABELS,
-    ImageFinder,
     category_labels,
-    check_declared_sizes,
+    coco_images,
     coco_labels,
     coco_split_files,
     find_eval_coco,
@@ -142,21 +141,9 @@ def coco_samples(
     data = load_coco_json(json_path, need_segmentation=True)
     labels = labels or [BACKGROUND, *coco_labels(data)]
     classes = category_labels(data, labels, json_path, known_as)
-    finder = ImageFinder(json_path, root)
-    paths = [finder.find(image["file_name"]) for image in data["images"]]
-    if check_sizes:
-        check_declared_sizes(data, paths, json_path)
-    by_image: dict[Any, list[dict[str, Any]]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
     samples = [
-        MaskSample(
-            image=path,
-            annotations=tuple(by_image.get(image["id"], [])),
-            classes=classes,
-            size=(int(image["width"]), int(image["height"])),
-        )
-        for image, path in zip(data["images"], paths, strict=True)
+        MaskSample(path, annotations=tuple(anns), classes=classes, size=(int(image["width"]), int(image["height"])))
+        for image, path, anns in coco_images(data, json_path, root, check_sizes=check_sizes)
     ]
     if not samples:
         raise DatasetError(f"{json_path.name} lists no images")

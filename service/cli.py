@@ -77,7 +77,8 @@ def _eval(args: argparse.Namespace) -> int:
     data = Path(args.data)
     workdir = None
     try:
-        repository = ModelRepository.load(settings.model_copy(update={"warmup_runs": 0}), strict=False)
+        only = args.model.partition(":")[0]  # that model's versions alone: the others are not loaded
+        repository = ModelRepository.load(settings.model_copy(update={"warmup_runs": 0}), strict=False, only=only)
         model = repository.get(args.model)
         if data.is_file():
             workdir = Path(tempfile.mkdtemp(prefix="optic-eval-"))

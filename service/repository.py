@@ -158,12 +158,15 @@ class ModelRepository:
         self.failures = failures or {}
 
     @classmethod
-    def load(cls, settings: Settings, *, strict: bool = False) -> ModelRepository:
+    def load(cls, settings: Settings, *, strict: bool = False, only: str | None = None) -> ModelRepository:
+        """Every version, or (`only`: a model name) that model's alone, as `optic eval` needs."""
         root = settings.model_repository
         if not root.is_dir():
             raise ModelLoadError(f"model repository {root} does not exist (OPTIC_MODEL_REPOSITORY)")
         models, failures = [], {}
         for version_dir in version_dirs(root):
+            if only is not None and version_dir.parent.name != only:
+                continue
             try:
                 models.append(load_model(version_dir, settings))
                 log.info("loaded %s on %s", version_dir, models[-1].provider)

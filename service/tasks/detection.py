@@ -114,6 +114,25 @@ class BoxTask(ServeTask):
     ) -> dict[str, np.ndarray]:
         return image_pixel_boxes(outputs, geometries)
 
+    def score_boxes(
+        self, records: list[dict[str, Any]], info: dict[str, Any], metadata: ModelMetadata, kinds: tuple[str, ...]
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """COCOeval of each kind ("bbox", "segm") with curves and per-class F1 thresholds; the per-image
+        results at the first kind's thresholds, with its matches."""
+        coco = coco_from_records(records, info)
+        label_to_category = dict(info["label_to_category"])
+        reports = {
+            kind: run_cocoeval(coco, coco_results(records, label_to_category, kind), kind, metadata.labels,
+                               label_to_category, curves=True, matching=True)
+            for kind in kinds
+        }  # fmt: skip
+        matches = {kind: report.pop("matches") for kind, report in reports.items()}[kinds[0]]
+        defaults = self.default_params(metadata)
+        assert isinstance(defaults, DetectionParams)
+        fallback = defaults.score_threshold  # classes the thresholds do not name
+        thresholds = reports[kinds[0]]["thresholds"]
+        return reports, box_images(records, matches, thresholds, fallback, label_to_category)
+
 
 @register_task
 class DetectionTask(BoxTask):
@@ -160,13 +179,8 @@ class DetectionTask(BoxTask):
     def score(
         self, records: list[dict[str, Any]], info: dict[str, Any], metadata: ModelMetadata
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        coco = coco_from_records(records, info)
-        label_to_category = dict(info["label_to_category"])
-        found = coco_results(records, label_to_category, "bbox")
-        report = run_cocoeval(coco, found, "bbox", metadata.labels, label_to_category, curves=True, matching=True)
-        matches = report.pop("matches")
-        fallback = self.default_params(metadata).score_threshold
-        return report, box_images(records, matches, report["thresholds"], fallback, label_to_category)
+        reports, images = self.score_boxes(records, info, metadata, ("bbox",))
+        return reports["bbox"], images
 
 
 def box_eval_info(dataset: EvalDataset) -> dict[str, Any]:

@@ -20,17 +20,13 @@ from service.imaging import Geometry
 from service.metadata import ModelMetadata
 from service.tasks import register_task
 from service.tasks.base import EvalDataset, EvalItem, Outputs
-from service.tasks.coco import run_cocoeval
 from service.tasks.datasets import read_ground_truth
 from service.tasks.detection import (
     BoxTask,
     DetectionParams,
     box_eval_info,
-    box_images,
     box_record,
     class_thresholds,
-    coco_from_records,
-    coco_results,
     select_detections,
     to_image_boxes,
 )
@@ -113,19 +109,7 @@ class InstanceSegmentationTask(BoxTask):
     def score(
         self, records: list[dict[str, Any]], info: dict[str, Any], metadata: ModelMetadata
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        coco = coco_from_records(records, info)
-        label_to_category = dict(info["label_to_category"])
-        report = {
-            kind: run_cocoeval(
-                coco, coco_results(records, label_to_category, kind), kind, metadata.labels, label_to_category,
-                curves=True, matching=True,
-            )
-            for kind in ("segm", "bbox")
-        }  # fmt: skip
-        matches = report["segm"].pop("matches")
-        report["bbox"].pop("matches")
-        fallback = self.default_params(metadata).score_threshold
-        images = box_images(records, matches, report["segm"]["thresholds"], fallback, label_to_category)
+        report, images = self.score_boxes(records, info, metadata, ("segm", "bbox"))
         return {
             "summary": {
                 "mask_AP": report["segm"]["summary"]["AP"],
