@@ -37,7 +37,7 @@ from service.errors import (
     UnknownModel,
 )
 from service.evaluation.archive import extract_archive
-from service.evaluation.runner import Cancelled, Evaluation, compare, evaluate, read_dataset
+from service.evaluation.runner import Cancelled, Evaluation, RunOptions, compare, evaluate, read_dataset
 
 if TYPE_CHECKING:
     from service.repository import LoadedModel
@@ -426,12 +426,12 @@ class Jobs:
                 def progress(done: int, total: int, k: int = k) -> None:
                     state.done = k * per_model + done
 
-                evaluation = await evaluate(
-                    model, datasets[model.metadata.task], root, pipeline.run_background,
-                    max_pixels=settings.max_image_pixels, batch_size=settings.max_batch_size,
-                    executor=pipeline.eval_pool, progress=progress, cancelled=lambda: state.cancel,
-                    pace=pipeline.eval_pace,
+                options = RunOptions(
+                    settings.max_image_pixels, settings.max_batch_size, pipeline.eval_pool,
+                    progress=progress, cancelled=lambda: state.cancel, pace=pipeline.eval_pace,
                 )  # fmt: skip
+                dataset = datasets[model.metadata.task]
+                evaluation = await evaluate(model, dataset, root, pipeline.run_background, options)
                 evaluation.records = []  # scored: only the report and per-image results are kept
                 evaluations.append(evaluation)
                 meta = model.metadata

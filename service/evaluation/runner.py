@@ -54,6 +54,19 @@ class Shard:
         return cls(index, count)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run takes its images through the model: limits, the threads it decodes on, its hooks."""
+
+    max_pixels: int
+    batch_size: int = 16
+    executor: Executor | None = None  # decoding and scoring (None: the loop's default threads)
+    shard: Shard = Shard()
+    progress: Callable[[int, int], None] | None = None  # (images done, images in the shard)
+    cancelled: Callable[[], bool] | None = None  # checked between chunks: True raises Cancelled
+    pace: Callable[[float], None] | None = None  # called with each image's seconds of decoding or scoring
+
+
 @dataclass
 class Evaluation:
     """One model's evaluation: the report (model, dataset, metrics, seconds), each image's result for error
@@ -90,23 +103,13 @@ def read_dataset(model: LoadedModel, root: Path) -> EvalDataset:
 
 
 async def predict_records(
-    model: LoadedModel,
-    dataset: EvalDataset,
-    root: Path,
-    run_batch: RunBatch,
-    *,
-    max_pixels: int,
-    batch_size: int = 16,
-    executor: Executor | None = None,
-    shard: Shard = Shard(),
-    progress: Callable[[int, int], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
-    pace: Callable[[float], None] | None = None,
+    model: LoadedModel, dataset: EvalDataset, root: Path, run_batch: RunBatch, options: RunOptions
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every image of the shard through the model, one record each (with its index and file), in data set
     order; and the task's data-set-level info for scoring. Decoding the next chunk overlaps the current run."""
     loop = asyncio.get_running_loop()
     task, meta = model.task, model.metadata
+    executor, shard, pace, batch_size = options.executor, options.shard, options.pace, options.batch_size
     info = await loop.run_in_executor(executor, task.eval_info, dataset)
     params = task.eval_params(meta)
     indexed = [(i, item) for i, item in enumerate(dataset.items) if i % shard.count == shard.index]
@@ -118,7 +121,7 @@ async def predict_records(
         for _, item in chunk:
             started = time.perf_counter()
             try:
-                prepared.append(prepare(model, item.path, str(item.path.relative_to(root)), max_pixels))
+                prepared.append(prepare(model, item.path, str(item.path.relative_to(root)), options.max_pixels))
             except OpticError as exc:
                 exc.reason = "invalid_dataset"
                 raise
@@ -144,7 +147,7 @@ async def predict_records(
     pending_records: asyncio.Future[list[dict[str, Any]]] | None = None
     following = loop.run_in_executor(executor, prepare_chunk, chunks[0]) if chunks else None
     for k, chunk in enumerate(chunks):
-        if cancelled is not None and cancelled():
+        if options.cancelled is not None and options.cancelled():
             raise Cancelled
         assert following is not None
         prepared, batch = await following
@@ -153,8 +156,8 @@ async def predict_records(
         if pending_records is not None:
             records.extend(await pending_records)
         pending_records = loop.run_in_executor(executor, record_chunk, chunk, prepared, outputs)
-        if progress is not None:
-            progress(min(len(indexed), (k + 1) * batch_size), len(indexed))
+        if options.progress is not None:
+            options.progress(min(len(indexed), (k + 1) * batch_size), len(indexed))
     if pending_records is not None:
         records.extend(await pending_records)
     return records, info
@@ -180,52 +183,27 @@ def build_report(
 
 
 async def evaluate(
-    model: LoadedModel,
-    dataset: EvalDataset,
-    root: Path,
-    run_batch: RunBatch,
-    *,
-    max_pixels: int,
-    batch_size: int = 16,
-    executor: Executor | None = None,
-    shard: Shard = Shard(),
-    progress: Callable[[int, int], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
-    pace: Callable[[float], None] | None = None,
+    model: LoadedModel, dataset: EvalDataset, root: Path, run_batch: RunBatch, options: RunOptions
 ) -> Evaluation:
     """One model on one data set: records, then scores (off the event loop)."""
     started = time.perf_counter()
-    records, info = await predict_records(
-        model, dataset, root, run_batch, max_pixels=max_pixels, batch_size=batch_size, executor=executor,
-        shard=shard, progress=progress, cancelled=cancelled, pace=pace,
-    )  # fmt: skip
+    records, info = await predict_records(model, dataset, root, run_batch, options)
     loop = asyncio.get_running_loop()
-    metrics, images = await loop.run_in_executor(executor, score, model.metadata, records, info)
+    metrics, images = await loop.run_in_executor(options.executor, score, model.metadata, records, info)
     described = {"num_images": len(records), **public_dataset_info(dataset)}
-    if shard.count > 1:
-        described["shard"] = f"{shard.index}/{shard.count}"
+    if options.shard.count > 1:
+        described["shard"] = f"{options.shard.index}/{options.shard.count}"
     report = build_report(model.metadata, described, metrics, time.perf_counter() - started)
     return Evaluation(report, images, records, info)
 
 
-async def evaluate_folder(
-    model: LoadedModel,
-    root: Path,
-    run_batch: RunBatch,
-    *,
-    max_pixels: int,
-    batch_size: int = 16,
-    executor: Executor | None = None,
-    pace: Callable[[float], None] | None = None,
-) -> dict[str, Any]:
+async def evaluate_folder(model: LoadedModel, root: Path, run_batch: RunBatch, options: RunOptions) -> dict[str, Any]:
     """POST /evaluate: the report of one model on the data set at `root`."""
     root = root.resolve()  # readers may hand back resolved paths; names are shown relative to the root
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    dataset = await loop.run_in_executor(executor, read_dataset, model, root)
-    evaluation = await evaluate(
-        model, dataset, root, run_batch, max_pixels=max_pixels, batch_size=batch_size, executor=executor, pace=pace
-    )
+    dataset = await loop.run_in_executor(options.executor, read_dataset, model, root)
+    evaluation = await evaluate(model, dataset, root, run_batch, options)
     evaluation.report["seconds"] = round(time.perf_counter() - started, 3)
     return evaluation.report
 
@@ -244,9 +222,8 @@ def evaluate_offline(
     async def run() -> Evaluation:
         started = time.perf_counter()
         dataset = read_dataset(model, root)
-        evaluation = await evaluate(
-            model, dataset, root, direct_run, max_pixels=max_pixels, batch_size=batch_size, shard=shard
-        )
+        options = RunOptions(max_pixels, batch_size, shard=shard)
+        evaluation = await evaluate(model, dataset, root, direct_run, options)
         evaluation.report["seconds"] = round(time.perf_counter() - started, 3)
         seconds = evaluation.report["seconds"]
         evaluation.report["images_per_second"] = round(len(evaluation.records) / seconds, 2) if seconds else None

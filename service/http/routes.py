@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.errors import InvalidParameter, NoImages, TooManyImages
 from service.evaluation.archive import extract_archive
-from service.evaluation.runner import evaluate_folder
+from service.evaluation.runner import RunOptions, evaluate_folder
 from service.http.app import Answer, Call, Route, json_answer, upload_path
 from service.http.evaluations import EVALUATION_ROUTES
 from service.http.forms import FileField, Form, param_field, text_field
@@ -151,15 +151,11 @@ async def evaluate(service: Optic, form: Form) -> Answer:
             max_members=settings.max_archive_members,
         )
     )
-    report = await evaluate_folder(
-        model,
-        root,
-        service.pipeline.run_background,
-        max_pixels=settings.max_image_pixels,
-        batch_size=settings.max_batch_size,
-        executor=service.pipeline.eval_pool,
-        pace=service.pipeline.eval_pace,
+    pipeline = service.pipeline
+    options = RunOptions(
+        settings.max_image_pixels, settings.max_batch_size, pipeline.eval_pool, pace=pipeline.eval_pace
     )
+    report = await evaluate_folder(model, root, pipeline.run_background, options)
     meta = model.metadata
     for metric, value in report["metrics"].get("summary", {}).items():
         service.metrics.evaluation_score.labels(meta.name, meta.version, metric).set(value)
