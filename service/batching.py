@@ -103,8 +103,6 @@ class MicroBatcher:
     def expect(self, count: int) -> None:
         """Announce images being decoded now that will be submitted soon (negative to withdraw)."""
         self._expected = max(0, self._expected + count)
-        if count > 0:
-            self._last_live = time.perf_counter()
         self._arrived.set()
 
     async def submit(self, array: np.ndarray, *, decoded: bool = True) -> Outputs:
@@ -152,7 +150,6 @@ class MicroBatcher:
     async def _enqueue(self, array: np.ndarray, decoded: bool, *, chunk: bool) -> Any:
         loop = asyncio.get_running_loop()
         self._start(loop)
-        self._last_live = time.perf_counter()
         pending = _Pending(array, loop.create_future(), time.perf_counter(), decoded, chunk)
         self._queue.put_nowait(pending)
         self._queued_images += pending.images

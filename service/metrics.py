@@ -34,6 +34,12 @@ class Metrics:
     switches: Any
     evaluation_jobs: Any
 
+    def evaluation_scores(self, report: dict[str, Any]) -> None:
+        """`optic_evaluation_score` of the evaluated version: its report's headline numbers."""
+        model = report["model"]
+        for metric, value in report["metrics"].get("summary", {}).items():
+            self.evaluation_score.labels(model["name"], model["version"], metric).set(value)
+
     def model_live(self, model: LoadedModel, live: bool) -> None:
         """`optic_model_info` of a version: 1 while it serves (its load time observed as it starts), then 0."""
         meta = model.metadata

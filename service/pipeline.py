@@ -121,6 +121,7 @@ class Pipeline:
         `params` None: the raw outputs only (the v2 protocol's encoded-image view), no task postprocessing."""
         self.admission.admit(model.key, len(files))
         self._requests(model, protocol).inc()
+        self._live(model)
         try:
             return await self._predict(model, files, params)
         finally:
@@ -131,6 +132,7 @@ class Pipeline:
         same batcher as every other request for the model (as one item, never split), its raw outputs back."""
         self.admission.admit(model.key, len(batch))
         self._requests(model, protocol).inc()
+        self._live(model)
         try:
             outputs = await self.batcher(model).submit_chunk(batch)
             self._series(model).images.inc(len(batch))
@@ -196,8 +198,6 @@ class Pipeline:
     ) -> list[Prediction]:
         meta = model.metadata
         batcher = self.batcher(model)
-        batcher.note_live()
-        self._last_live = time.perf_counter()
         if len(files) == 1 and batcher.idle():
             name, data = files[0]
             done = await asyncio.get_running_loop().run_in_executor(
@@ -240,6 +240,11 @@ class Pipeline:
     async def offload(self, function: Any, *args: Any) -> Any:
         """Run blocking work (rendering, encoding, file I/O) on the preprocessing threads."""
         return await asyncio.get_running_loop().run_in_executor(self._prep_pool, function, *args)
+
+    def _live(self, model: LoadedModel) -> None:
+        """A live request (any protocol) is here: evaluation yields to it (eval_pace, the batcher's pieces)."""
+        self._last_live = time.perf_counter()
+        self.batcher(model).note_live()
 
     def eval_pace(self, spent_s: float) -> None:
         """Called by evaluation's thread after each image it decoded or scored in `spent_s`: while live

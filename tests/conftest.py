@@ -57,13 +57,18 @@ def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     handle.stop()
 
 
-@pytest.fixture(scope="session")
-def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _demo(tmp_path_factory: pytest.TempPathFactory, folder: str, name: str, task: str, seed: int) -> Path:
+    """A demo data set of `task` (optic data demo), written once per session."""
     from training.data.demo import write_demo
 
-    out = tmp_path_factory.mktemp("data") / "cls"
-    write_demo("classification", out, seed=0)
+    out = tmp_path_factory.mktemp(folder) / name
+    write_demo(task, out, seed=seed)
     return out
+
+
+@pytest.fixture(scope="session")
+def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _demo(tmp_path_factory, "data", "cls", "classification", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -77,17 +82,9 @@ def det_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def seg_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("seg") / "semantic"
-    write_demo("segmentation", out, seed=3)
-    return out
+    return _demo(tmp_path_factory, "seg", "semantic", "segmentation", seed=3)
 
 
 @pytest.fixture(scope="session")
 def inst_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.data.demo import write_demo
-
-    out = tmp_path_factory.mktemp("inst") / "instances"
-    write_demo("instance-segmentation", out, seed=3)
-    return out
+    return _demo(tmp_path_factory, "inst", "instances", "instance-segmentation", seed=3)

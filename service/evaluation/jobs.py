@@ -199,7 +199,7 @@ class JobStore:
         with self._transaction() as db:
             row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise UnknownJob(f"no evaluation job {job_id!r}")
+                raise UnknownJob(f"no evaluation job {job_id!r} (GET /evaluations lists them)")
             if row["state"] in FINISHED:
                 raise JobFinished(f"evaluation job {job_id} has already {row['state']}: there is nothing to cancel")
             if row["state"] == "queued":
@@ -305,12 +305,15 @@ class Jobs:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        lost = self.store.interrupt_lost()
-        for job_id in lost:
-            log.warning("evaluation job %s was interrupted by a restart", job_id)
+        self._interrupted(self.store.interrupt_lost(), "a restart")
+        self._task = asyncio.get_running_loop().create_task(self._schedule())
+
+    def _interrupted(self, job_ids: list[str], cause: str) -> None:
+        """Jobs just marked interrupted: logged, counted, their uploaded data removed."""
+        for job_id in job_ids:
+            log.warning("evaluation job %s was interrupted by %s", job_id, cause)
             self.service.metrics.evaluation_jobs.labels("interrupted").inc()
             shutil.rmtree(self.job_dir(job_id) / "data", ignore_errors=True)
-        self._task = asyncio.get_running_loop().create_task(self._schedule())
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
@@ -356,7 +359,7 @@ class Jobs:
                 relative = path.relative_to(settings.datasets_root.resolve()) if settings.datasets_root else path
                 source = {"kind": "path", "path": str(relative), "folder": str(root)}
             # Ground truth read now, so a data set the models cannot use is refused with this request.
-            for model in {m.metadata.task: m for m in models}.values():
+            for model in {tuple(m.metadata.labels): m for m in models}.values():
                 await asyncio.to_thread(read_dataset, model, root.resolve())
             keys = [m.key for m in models]
             limit = settings.evaluation_concurrency + settings.evaluation_queue_length
@@ -378,9 +381,8 @@ class Jobs:
             try:
                 if time.monotonic() - checked > 5:  # other workers' lost jobs (a crash leaves no one to say)
                     checked = time.monotonic()
-                    for job_id in await asyncio.to_thread(self.store.interrupt_lost):
-                        self.service.metrics.evaluation_jobs.labels("interrupted").inc()
-                        await asyncio.to_thread(shutil.rmtree, self.job_dir(job_id) / "data", True)
+                    lost = await asyncio.to_thread(self.store.interrupt_lost)
+                    await asyncio.to_thread(self._interrupted, lost, "its worker's end")
                 while len(self._running) < self.settings.evaluation_concurrency:
                     row = await asyncio.to_thread(self.store.claim, self.owner, self.settings.evaluation_concurrency)
                     if row is None:
@@ -414,10 +416,11 @@ class Jobs:
                     models.append(self.service.repository.get(key))
                 except UnknownModel as exc:
                     raise UnknownModel(f"{exc.message} (it was retired after the job was submitted)") from None
-            datasets = {}
+            datasets = {}  # the ground truth is read against a model's labels: once per distinct label list
             for model in models:
-                if model.metadata.task not in datasets:
-                    datasets[model.metadata.task] = await asyncio.to_thread(read_dataset, model, root)
+                labels = tuple(model.metadata.labels)
+                if labels not in datasets:
+                    datasets[labels] = await asyncio.to_thread(read_dataset, model, root)
             per_model = len(next(iter(datasets.values())).items)
             state.total = per_model * len(models)
             evaluations: list[Evaluation] = []
@@ -430,13 +433,11 @@ class Jobs:
                     settings.max_image_pixels, settings.max_batch_size, pipeline.eval_pool,
                     progress=progress, cancelled=lambda: state.cancel, pace=pipeline.eval_pace,
                 )  # fmt: skip
-                dataset = datasets[model.metadata.task]
+                dataset = datasets[tuple(model.metadata.labels)]
                 evaluation = await evaluate(model, dataset, root, pipeline.run_background, options)
                 evaluation.records = []  # scored: only the report and per-image results are kept
                 evaluations.append(evaluation)
-                meta = model.metadata
-                for metric, value in evaluation.report["metrics"].get("summary", {}).items():
-                    self.service.metrics.evaluation_score.labels(meta.name, meta.version, metric).set(value)
+                self.service.metrics.evaluation_scores(evaluation.report)
             result = {
                 "evaluations": [e.report for e in evaluations],
                 "comparison": compare([e.report for e in evaluations]),
@@ -445,28 +446,27 @@ class Jobs:
             artifacts = await asyncio.get_running_loop().run_in_executor(
                 pipeline.eval_pool, write_artifacts, result, [e.images for e in evaluations], self.job_dir(job_id)
             )
-            await asyncio.to_thread(self.store.finish, job_id, "succeeded", result=result, artifacts=artifacts)
-            self.service.metrics.evaluation_jobs.labels("succeeded").inc()
+            await self._end(job_id, "succeeded", result=result, artifacts=artifacts)
         except Cancelled:
             await self._last_beat(state)
-            error = {"error": "cancelled while it ran", "reason": "cancelled"}
-            await asyncio.to_thread(self.store.finish, job_id, "cancelled", error=error)
-            self.service.metrics.evaluation_jobs.labels("cancelled").inc()
+            await self._end(job_id, "cancelled", error={"error": "cancelled while it ran", "reason": "cancelled"})
         except OpticError as exc:
             await self._last_beat(state)
-            await asyncio.to_thread(self.store.finish, job_id, "failed", error=exc.to_json())
-            self.service.metrics.evaluation_jobs.labels("failed").inc()
+            await self._end(job_id, "failed", error=exc.to_json())
         except asyncio.CancelledError:  # the worker is stopping: stop() marks it
             raise
         except Exception as exc:
             log.exception("evaluation job %s failed", job_id)
             error = {"error": f"the evaluation failed: {type(exc).__name__}: {exc}", "reason": "internal_error"}
-            await asyncio.to_thread(self.store.finish, job_id, "failed", error=error)
-            self.service.metrics.evaluation_jobs.labels("failed").inc()
+            await self._end(job_id, "failed", error=error)
         finally:
             beat.cancel()
             if source["kind"] == "upload":
                 await asyncio.to_thread(shutil.rmtree, self.job_dir(job_id) / "data", True)
+
+    async def _end(self, job_id: str, state: str, **outcome: Any) -> None:
+        await asyncio.to_thread(functools.partial(self.store.finish, job_id, state, **outcome))
+        self.service.metrics.evaluation_jobs.labels(state).inc()
 
     async def _beat(self, state: _Running) -> None:
         while True:
@@ -487,9 +487,8 @@ class Jobs:
             task.cancel()
         if running:
             await asyncio.wait(running, timeout=5)
-            for job_id in await asyncio.to_thread(self.store.interrupt_lost, {self.owner}):
-                log.warning("evaluation job %s interrupted by the shutdown", job_id)
-                self.service.metrics.evaluation_jobs.labels("interrupted").inc()
+            lost = await asyncio.to_thread(self.store.interrupt_lost, {self.owner})
+            await asyncio.to_thread(self._interrupted, lost, "the shutdown")
 
 
 def write_artifacts(result: dict[str, Any], images: list[list[dict[str, Any]]], folder: Path) -> dict[str, str]:

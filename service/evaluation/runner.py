@@ -167,6 +167,12 @@ def score(metadata: ModelMetadata, records: list[dict[str, Any]], info: dict[str
     return get_task(metadata.task).score(records, info, metadata)
 
 
+def timed(report: dict[str, Any], seconds: float) -> None:
+    """The report's `seconds` and `images_per_second`, over the time given."""
+    report["seconds"] = round(seconds, 3)
+    report["images_per_second"] = round(report["dataset"]["num_images"] / seconds, 2) if seconds > 0 else None
+
+
 def build_report(
     metadata: ModelMetadata, dataset: dict[str, Any], metrics: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
@@ -174,9 +180,8 @@ def build_report(
         "model": {"name": metadata.name, "version": metadata.version, "task": metadata.task},
         "dataset": dataset,
         "metrics": metrics,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(dataset["num_images"] / seconds, 2) if seconds > 0 else None,
     }
+    timed(report, seconds)
     if "thresholds" in metrics:
         report["thresholds"] = metrics["thresholds"]
     return report
@@ -204,7 +209,7 @@ async def evaluate_folder(model: LoadedModel, root: Path, run_batch: RunBatch, o
     started = time.perf_counter()
     dataset = await loop.run_in_executor(options.executor, read_dataset, model, root)
     evaluation = await evaluate(model, dataset, root, run_batch, options)
-    evaluation.report["seconds"] = round(time.perf_counter() - started, 3)
+    timed(evaluation.report, time.perf_counter() - started)  # reading the ground truth included
     return evaluation.report
 
 
@@ -224,9 +229,7 @@ def evaluate_offline(
         dataset = read_dataset(model, root)
         options = RunOptions(max_pixels, batch_size, shard=shard)
         evaluation = await evaluate(model, dataset, root, direct_run, options)
-        evaluation.report["seconds"] = round(time.perf_counter() - started, 3)
-        seconds = evaluation.report["seconds"]
-        evaluation.report["images_per_second"] = round(len(evaluation.records) / seconds, 2) if seconds else None
+        timed(evaluation.report, time.perf_counter() - started)
         evaluation.info["fingerprint"] = dataset_fingerprint(dataset, root)
         evaluation.info["num_images"] = len(dataset.items)
         evaluation.info["dataset"] = public_dataset_info(dataset)

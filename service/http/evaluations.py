@@ -80,7 +80,6 @@ async def show(service: Optic, call: Call) -> Answer:
 async def cancel(service: Optic, call: Call) -> Answer:
     jobs = _jobs(service)
     job_id = call.params["id"]
-    await asyncio.to_thread(_row, jobs, job_id)
     state = await asyncio.to_thread(jobs.store.cancel, job_id)
     if state == "cancelled":
         service.metrics.evaluation_jobs.labels("cancelled").inc()

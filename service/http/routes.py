@@ -156,9 +156,7 @@ async def evaluate(service: Optic, form: Form) -> Answer:
         settings.max_image_pixels, settings.max_batch_size, pipeline.eval_pool, pace=pipeline.eval_pace
     )
     report = await evaluate_folder(model, root, pipeline.run_background, options)
-    meta = model.metadata
-    for metric, value in report["metrics"].get("summary", {}).items():
-        service.metrics.evaluation_score.labels(meta.name, meta.version, metric).set(value)
+    service.metrics.evaluation_scores(report)
     return json_answer(report)
 
 
